@@ -1,0 +1,1 @@
+"""Benchmarks behind `doodl-ray bench`; each prints a table and, with --json, one JSON line."""

@@ -1,0 +1,58 @@
+"""`doodl-ray` command line: one subcommand per module in doodl_ray.commands.
+
+User errors print one line and exit non-zero; `--debug` shows the traceback instead."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from doodl_ray.errors import DoodlError
+
+# Each name is a module doodl_ray.commands.<name> with `add_parser(subparsers)`; the parser it adds
+# sets `func(args) -> int` as its default.
+COMMANDS = ["generate", "bench"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as a single line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="doodl-ray", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for name in COMMANDS:
+        importlib.import_module(f"doodl_ray.commands.{name.replace('-', '_')}").add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("doodl-ray: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        kind = "error" if isinstance(exc, DoodlError) else f"error ({type(exc).__name__})"
+        print(f"doodl-ray {args.command}: {kind}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())
