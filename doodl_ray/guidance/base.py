@@ -26,8 +26,9 @@ class Guidance(nn.Module, ABC):
         return self
 
     @abstractmethod
-    def validate_target(self, target: Any) -> Any:
-        """Check and normalize one item's target (e.g. class name -> index); raise InvalidInput if bad."""
+    def validate_target(self, target: Any, prompt: str | None = None) -> Any:
+        """Check and normalize one item's target (e.g. class name -> index); raise InvalidInput if bad.
+        `prompt` is the item's generation prompt, for guides whose target may default to it."""
 
     @abstractmethod
     def loss(self, images: Tensor, targets: Sequence[Any], generators: Sequence[torch.Generator] | None) -> Tensor:

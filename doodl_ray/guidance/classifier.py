@@ -43,7 +43,7 @@ class ClassifierGuidance(Guidance):
         self.register_buffer("std", torch.tensor(std or [1.0]).view(1, -1, 1, 1), persistent=False)
         self.freeze()
 
-    def validate_target(self, target: Any) -> int:
+    def validate_target(self, target: Any, prompt: str | None = None) -> int:
         if isinstance(target, str) and not target.lstrip("-").isdigit():
             if not self.labels or target not in self.labels:
                 raise InvalidInput(f"class name {target!r} is not among the classifier's labels")
