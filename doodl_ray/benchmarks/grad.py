@@ -1,0 +1,147 @@
+"""Peak memory and time per DOODL gradient: plain autograd vs checkpoint vs reversible, 10/25/50 steps.
+
+Each configuration runs in a fresh process, on a pixel UNet whose activations dominate its weights.
+CPU peak memory is the process's peak RSS above its RSS just before the gradient; on CUDA it is
+torch's peak allocated memory. Also prints the EDICT round-trip error at 50 steps in float64 and float32."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+MODES = ["autograd", "checkpoint", "reversible"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
+    parser.add_argument("--size", type=int, default=64, help="image side of the benchmark UNet")
+    parser.add_argument("--repeats", type=int, default=2, help="timed gradients after the first")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--worker", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
+
+
+def bench_model(size: int, device: str, dtype: torch.dtype):
+    """A 3-channel pixel UNet, ~60k parameters, with wide spatial activations; random weights, fixed seed."""
+    from diffusers import UNet2DModel
+
+    from doodl_ray.denoiser import PixelDiffusion
+    from doodl_ray.models import DEFAULT_PIXEL_SCHEDULER
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=size, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
+    return PixelDiffusion(unet.to(device, dtype), DEFAULT_PIXEL_SCHEDULER)
+
+
+def worker(mode: str, steps: int, args: argparse.Namespace) -> dict:
+    """One configuration: the first gradient sets the memory peak, the next `repeats` are timed."""
+    from doodl_ray.gradient import chain_gradient
+    from doodl_ray.schedule import ddim_schedule
+
+    model = bench_model(args.size, args.device, torch.float32)
+    eps = model.condition()
+    schedule = ddim_schedule(model.scheduler_config, steps)
+    z = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(args.device)
+    target = torch.rand(z.shape, generator=torch.Generator().manual_seed(1)).to(args.device)
+
+    def chain_loss(z0):
+        image = ((z0 + 1) / 2).clamp(0, 1)
+        return (image - target).pow(2).flatten(1).mean(1), image
+
+    with torch.no_grad():
+        eps(z, schedule.timesteps[0])
+    baseline = _current_memory(args.device)
+    chain_gradient(z, schedule, eps, chain_loss, 0.93, True, mode)
+    peak = _peak_memory(args.device) - baseline
+    _sync(args.device)
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        chain_gradient(z, schedule, eps, chain_loss, 0.93, True, mode)
+    _sync(args.device)
+    return {"peak_mb": peak / 2**20, "sec_per_grad": (time.perf_counter() - start) / args.repeats}
+
+
+def roundtrip_errors(args: argparse.Namespace, steps: int = 50) -> dict[str, float]:
+    """Relative error of invert(sample(z)) against z, in float64 and float32."""
+    from doodl_ray.edict import edict_invert, edict_sample
+    from doodl_ray.schedule import ddim_schedule
+
+    errors = {}
+    for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
+        model = bench_model(args.size, args.device, dtype)
+        eps, schedule = model.condition(), ddim_schedule(model.scheduler_config, steps)
+        z = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        z = z.to(args.device)
+        with torch.no_grad():
+            x, y = edict_sample(z, z, schedule, eps, 0.93)
+            xr, yr = edict_invert(x, y, schedule, eps, 0.93)
+        errors[name] = float(max((xr - z).norm(), (yr - z).norm()) / z.norm())
+    return errors
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args)))
+        return 0
+    results = {"steps": args.steps, "peak_mb": {m: [] for m in MODES}, "sec_per_grad": {m: [] for m in MODES}}
+    for steps in args.steps:
+        for mode in MODES:
+            cmd = [sys.executable, "-m", "doodl_ray.cli", "bench", "grad", "--worker", mode, str(steps),
+                   "--size", str(args.size), "--repeats", str(args.repeats), "--device", args.device]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+            measured = json.loads(out.stdout.strip().splitlines()[-1])
+            for key in ("peak_mb", "sec_per_grad"):
+                results[key][mode].append(measured[key])
+            print(f"steps {steps:3d} {mode:10s} peak {measured['peak_mb']:8.1f} MB  {measured['sec_per_grad']:7.3f} s/grad",
+                  flush=True)
+    results["roundtrip_rel_err"] = roundtrip_errors(args)
+    print(_table(results))
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def _table(r: dict) -> str:
+    first, last = 0, len(r["steps"]) - 1
+    lines = ["", "| mode | " + " | ".join(f"peak MB @{s}" for s in r["steps"]) + f" | peak @{r['steps'][last]} / @{r['steps'][first]} | "
+             + " | ".join(f"time / autograd @{s}" for s in r["steps"]) + " |", "|---" * (2 * len(r["steps"]) + 2) + "|"]
+    for mode in MODES:
+        peaks, times = r["peak_mb"][mode], r["sec_per_grad"][mode]
+        ratio = peaks[last] / peaks[first] if peaks[first] > 0 else float("nan")
+        rel = [t / a for t, a in zip(times, r["sec_per_grad"]["autograd"])]
+        lines.append(f"| {mode} | " + " | ".join(f"{p:.1f}" for p in peaks) + f" | {ratio:.2f} | "
+                     + " | ".join(f"{x:.2f}" for x in rel) + " |")
+    lines.append(f"\nEDICT round trip, {50} steps, relative error: float64 {r['roundtrip_rel_err']['float64']:.2e}, "
+                 f"float32 {r['roundtrip_rel_err']['float32']:.2e}")
+    return "\n".join(lines)
+
+
+def _current_memory(device: str) -> int:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_memory(device: str) -> int:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

@@ -1,0 +1,117 @@
+"""`doodl-ray generate`: one image with DOODL or a baseline, its score before and after, and its history."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image
+from pydantic import TypeAdapter, ValidationError
+
+from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig
+from doodl_ray.errors import InvalidInput
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate one image", description=__doc__)
+    p.add_argument("--model", required=True, help="diffusers model: hub id, local folder, or s3:// folder")
+    p.add_argument("--prompt", help="text prompt (text-to-image models)")
+    p.add_argument("--class-label", type=int, help="class for class-conditional pixel models")
+    p.add_argument("--guidance", choices=["none", "classifier"], default="none",
+                   help="guidance kind; any other kind via --guidance-spec")
+    p.add_argument("--classifier", help="TorchScript classifier file (with --guidance classifier)")
+    p.add_argument("--guidance-spec", type=Path, help="YAML file holding one guidance spec (any type)")
+    p.add_argument("--target", help="guidance target: class index or name, text, ...")
+    p.add_argument("--method", choices=["doodl", "one-step", "best-of-n", "none"], default="doodl")
+    p.add_argument("--iterations", type=int, default=DoodlConfig().iterations)
+    p.add_argument("--optimizer", choices=["reference", "normalized", "adam"], default="reference")
+    p.add_argument("--lr", type=float, default=DoodlConfig().lr)
+    p.add_argument("--gradient", choices=["checkpoint", "reversible"], default="checkpoint")
+    p.add_argument("--guidance-scale", type=float, default=MethodConfig().guidance_scale)
+    p.add_argument("--candidates", type=int, default=MethodConfig().candidates, help="best-of-n: samples")
+    p.add_argument("--steps", type=int, default=SamplerConfig().steps)
+    p.add_argument("--cfg-scale", type=float, default=SamplerConfig().cfg_scale)
+    p.add_argument("--mix", type=float, default=SamplerConfig().mix, help="EDICT mixing weight p")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="UNet dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--out", type=Path, default=Path("out.png"), help="image path; the history goes beside it")
+    p.set_defaults(func=run)
+
+
+def method_from_args(args: argparse.Namespace) -> MethodConfig:
+    try:
+        return MethodConfig(
+            name=args.method, guidance_scale=args.guidance_scale, candidates=args.candidates,
+            sampler=SamplerConfig(steps=args.steps, cfg_scale=args.cfg_scale, mix=args.mix,
+                                  height=args.height, width=args.width),
+            doodl=DoodlConfig(iterations=args.iterations, optimizer=args.optimizer, lr=args.lr, gradient=args.gradient),
+        )
+    except ValidationError as exc:
+        raise InvalidInput(_validation_message(exc)) from None
+
+
+def guidance_from_args(args: argparse.Namespace):
+    """The guidance spec named on the command line, or None."""
+    from doodl_ray.guidance.spec import ClassifierGuidanceConfig, GuidanceConfig
+
+    if args.guidance_spec:
+        if args.guidance != "none" or args.classifier:
+            raise InvalidInput("give either --guidance-spec or --guidance/--classifier, not both")
+        try:
+            data = yaml.safe_load(args.guidance_spec.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise InvalidInput(f"cannot read guidance spec {args.guidance_spec}: {exc}") from None
+        try:
+            return TypeAdapter(GuidanceConfig).validate_python(data)
+        except ValidationError as exc:
+            raise InvalidInput(f"guidance spec {args.guidance_spec}: {_validation_message(exc)}") from None
+    if args.guidance == "classifier":
+        if not args.classifier:
+            raise InvalidInput("--guidance classifier needs --classifier FILE")
+        return ClassifierGuidanceConfig(model=args.classifier)
+    if args.classifier:
+        raise InvalidInput("--classifier needs --guidance classifier")
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from doodl_ray.engine import Engine, Item
+
+    method = method_from_args(args)
+    guidance = guidance_from_args(args)
+    if guidance is not None and args.target is None and args.prompt is None:
+        raise InvalidInput("guided generation needs --target (or a --prompt for text guidance)")
+    if method.name != "none" and guidance is None:
+        raise InvalidInput(f"--method {method.name} needs guidance (--guidance classifier or --guidance-spec)")
+    engine = Engine(args.model, guidance, method, device=args.device, dtype=DTYPES.get(args.dtype))
+    item = engine.validate(Item(id=args.out.stem, seed=args.seed, prompt=args.prompt, target=args.target,
+                                class_label=args.class_label))
+    (result,) = engine.run([item])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image = result.image[..., 0] if result.image.shape[-1] == 1 else result.image
+    Image.fromarray(image).save(args.out)
+    history_path = args.out.with_suffix(".history.json")
+    history_path.write_text(json.dumps({
+        "method": method.model_dump(), "seed": args.seed, "target": item.target, "prompt": args.prompt,
+        "initial_loss": result.initial_loss, "final_loss": result.final_loss,
+        "best_iteration": result.best_iteration, "history": result.history, "terms": result.terms,
+        "seconds": result.seconds,
+    }, indent=2))
+    print(f"loss before: {result.initial_loss:.4f}  after: {result.final_loss:.4f}  "
+          f"(best iteration {result.best_iteration}, {result.seconds:.1f} s)")
+    print(f"wrote {args.out} and {history_path}")
+    return 0
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
