@@ -24,6 +24,7 @@ Score = Callable[[Tensor], Tensor]  # images in [0, 1] -> per-item loss, no augm
 @dataclass
 class DoodlResult:
     image: Tensor  # best iterate per item, [B, C, H, W] in [0, 1]
+    first_image: Tensor  # iterate 0: the unguided sample from the initial noise
     noise: Tensor  # the initial latents that generate it
     history: Tensor  # [iterations + 1, B] unaugmented loss per iterate (row 0: the unguided sample)
     best_iteration: Tensor  # [B]
@@ -92,7 +93,7 @@ def doodl(
         if m < config.iterations:
             z = update(z, grad)
             z = z * (norm0 / _norms(z))
-    return DoodlResult(best_image, best_noise, torch.stack(history), best_iteration)
+    return DoodlResult(best_image, first_image, best_noise, torch.stack(history), best_iteration)
 
 
 def images01(decoded: Tensor) -> Tensor:

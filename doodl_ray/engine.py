@@ -20,7 +20,7 @@ from doodl_ray.denoiser import LatentTextDiffusion, PixelDiffusion
 from doodl_ray.doodl import doodl, images01
 from doodl_ray.edict import EpsFn, edict_sample
 from doodl_ray.errors import InvalidInput
-from doodl_ray.guidance.base import Guidance
+from doodl_ray.guidance.base import Guidance, evaluate
 from doodl_ray.models import load_diffusion
 from doodl_ray.schedule import ddim_schedule
 
@@ -30,13 +30,15 @@ GUIDED_METHODS = ("doodl", "one-step", "best-of-n")
 @dataclass(frozen=True)
 class Item:
     """One image to generate. `target` is the guidance's target (class index or name, text, ...);
-    `class_label` conditions class-conditional pixel models."""
+    `class_label` conditions class-conditional pixel models. `eval_target` is set by `Engine.validate`:
+    the target as the evaluation model understands it."""
 
     id: str
     seed: int
     prompt: str | None = None
     target: Any = None
     class_label: int | None = None
+    eval_target: Any = None
 
 
 @dataclass
@@ -47,7 +49,8 @@ class ItemResult:
     final_loss: float  # guidance loss of the returned image
     best_iteration: int
     history: list[float]  # per-iteration loss (DOODL); [initial, final] for the other methods
-    terms: dict[str, float] = field(default_factory=dict)
+    terms: dict[str, float] = field(default_factory=dict)  # final per-term guidance losses
+    scores: dict[str, float] = field(default_factory=dict)  # readable scores: guide/*, eval/*, eval_initial/*
     seconds: float = 0.0
 
 
@@ -61,7 +64,7 @@ class Engine:
     def __init__(
         self, model: str, guidance: Guidance | Any | None = None, method: MethodConfig = MethodConfig(),
         device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-        storage_options: dict[str, Any] | None = None,
+        storage_options: dict[str, Any] | None = None, evaluation: Guidance | Any | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -69,11 +72,8 @@ class Engine:
         self.method = method
         if method.name in GUIDED_METHODS and guidance is None:
             raise InvalidInput(f"method {method.name!r} needs a guidance model")
-        if guidance is not None and not isinstance(guidance, Guidance):
-            from doodl_ray.guidance.spec import build_guidance
-
-            guidance = build_guidance(guidance, self.device, storage_options)
-        self.guidance = guidance.to(self.device) if guidance is not None else None
+        self.guidance = self._guide(guidance, storage_options)
+        self.evaluation = self._guide(evaluation, storage_options)
         self.diffusion = load_diffusion(model, self.device, self.dtype, storage_options)
         self.latent_shape = self.diffusion.latent_shape(method.sampler.height, method.sampler.width)
         self.schedule = ddim_schedule(self.diffusion.scheduler_config, method.sampler.steps)
@@ -87,9 +87,19 @@ class Engine:
                 raise InvalidInput(f"item {item.id!r}: class label must be in [0, {self.diffusion.num_classes})")
         if not 0 <= int(item.seed) < 2**63:
             raise InvalidInput(f"item {item.id!r}: seed must be in [0, 2**63)")
+        if self.evaluation is not None:
+            item = replace(item, eval_target=self.evaluation.validate_target(item.target, item.prompt))
         if self.guidance is None:
             return item
         return replace(item, target=self.guidance.validate_target(item.target, item.prompt))
+
+    def _guide(self, guidance: Guidance | Any | None, storage_options: dict[str, Any] | None) -> Guidance | None:
+        """A Guidance as given, or built from its spec, on this engine's device."""
+        if guidance is not None and not isinstance(guidance, Guidance):
+            from doodl_ray.guidance.spec import build_guidance
+
+            guidance = build_guidance(guidance, self.device, storage_options)
+        return guidance.to(self.device) if guidance is not None else None
 
     def run(self, items: Sequence[Item]) -> list[ItemResult]:
         """Generate a batch of validated items with the configured method."""
@@ -99,9 +109,10 @@ class Engine:
         noise = self._noise(generators)
         eps = self._eps(items)
         method, sampler = self.method, self.method.sampler
-        initial_image = self._sample(noise, eps)
-        initial = self._score(initial_image, targets)
         best_iteration = [0] * len(items)
+        if method.name != "doodl":
+            initial_image = self._sample(noise, eps)
+            initial = self._score(initial_image, targets)
         if method.name == "none":
             image, history = initial_image, torch.stack([initial, initial])
         elif method.name == "one-step":
@@ -121,14 +132,16 @@ class Engine:
                 sampler.mix, sampler.leapfrog,
             )
             image, history, best_iteration = result.image, result.history, result.best_iteration.tolist()
+            initial_image, initial = result.first_image, result.history[0]
         final = self._score(image, targets)
         terms = self._terms(image, targets)
+        scores = self._scores(items, image, initial_image)
         seconds = (time.perf_counter() - start) / len(items)
         pixels = (image * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [
             ItemResult(
                 item.id, pixels[i], float(initial[i]), float(final[i]), int(best_iteration[i]),
-                [float(h) for h in history[:, i]], {k: float(v[i]) for k, v in terms.items()}, seconds,
+                [float(h) for h in history[:, i]], {k: float(v[i]) for k, v in terms.items()}, scores[i], seconds,
             )
             for i, item in enumerate(items)
         ]
@@ -167,6 +180,21 @@ class Engine:
     @torch.no_grad()
     def _terms(self, image: Tensor, targets: list) -> dict[str, Tensor]:
         return {} if self.guidance is None else {k: v.cpu() for k, v in self.guidance.terms(image, targets, None).items()}
+
+    @torch.no_grad()
+    def _scores(self, items: Sequence[Item], image: Tensor, initial_image: Tensor) -> list[dict[str, float]]:
+        """Readable per-item scores of the result by the guide and, where configured, by an independent
+        evaluation model, before and after: gains that also convince a model that was not optimized against."""
+        rows: list[dict[str, float]] = [{} for _ in items]
+        if self.guidance is not None:
+            for row, scores in zip(rows, evaluate(self.guidance, image, [i.target for i in items], "guide/")):
+                row.update(scores)
+        if self.evaluation is not None:
+            eval_targets = [i.eval_target for i in items]
+            for prefix, images in (("eval/", image), ("eval_initial/", initial_image)):
+                for row, scores in zip(rows, evaluate(self.evaluation, images, eval_targets, prefix)):
+                    row.update(scores)
+        return rows
 
     def _best_of_n(self, items, eps, targets, first_image, first_score):
         """Sample N candidates per item (candidate 0 is the item's own noise), keep the best by the guide."""

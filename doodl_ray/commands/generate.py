@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 from PIL import Image
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig
 from doodl_ray.errors import InvalidInput
@@ -26,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="guidance kind; any other kind via --guidance-spec")
     p.add_argument("--classifier", help="TorchScript classifier file (with --guidance classifier)")
     p.add_argument("--guidance-spec", type=Path, help="YAML file holding one guidance spec (any type)")
+    p.add_argument("--evaluation-spec", type=Path,
+                   help="YAML guidance spec of an independent model that scores the image before and after")
     p.add_argument("--target", help="guidance target: class index or name, text, ...")
     p.add_argument("--method", choices=["doodl", "one-step", "best-of-n", "none"], default="doodl")
     p.add_argument("--iterations", type=int, default=DoodlConfig().iterations)
@@ -60,19 +61,12 @@ def method_from_args(args: argparse.Namespace) -> MethodConfig:
 
 def guidance_from_args(args: argparse.Namespace):
     """The guidance spec named on the command line, or None."""
-    from doodl_ray.guidance.spec import ClassifierGuidanceConfig, GuidanceConfig
+    from doodl_ray.guidance.spec import ClassifierGuidanceConfig, load_guidance_spec
 
     if args.guidance_spec:
         if args.guidance != "none" or args.classifier:
             raise InvalidInput("give either --guidance-spec or --guidance/--classifier, not both")
-        try:
-            data = yaml.safe_load(args.guidance_spec.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise InvalidInput(f"cannot read guidance spec {args.guidance_spec}: {exc}") from None
-        try:
-            return TypeAdapter(GuidanceConfig).validate_python(data)
-        except ValidationError as exc:
-            raise InvalidInput(f"guidance spec {args.guidance_spec}: {_validation_message(exc)}") from None
+        return load_guidance_spec(args.guidance_spec)
     if args.guidance == "classifier":
         if not args.classifier:
             raise InvalidInput("--guidance classifier needs --classifier FILE")
@@ -91,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("guided generation needs --target (or a --prompt for text guidance)")
     if method.name != "none" and guidance is None:
         raise InvalidInput(f"--method {method.name} needs guidance (--guidance classifier or --guidance-spec)")
-    engine = Engine(args.model, guidance, method, device=args.device, dtype=DTYPES.get(args.dtype))
+    from doodl_ray.guidance.spec import load_guidance_spec
+
+    evaluation = load_guidance_spec(args.evaluation_spec) if args.evaluation_spec else None
+    engine = Engine(args.model, guidance, method, device=args.device, dtype=DTYPES.get(args.dtype),
+                    evaluation=evaluation)
     item = engine.validate(Item(id=args.out.stem, seed=args.seed, prompt=args.prompt, target=args.target,
                                 class_label=args.class_label))
     (result,) = engine.run([item])
@@ -103,10 +101,12 @@ def run(args: argparse.Namespace) -> int:
         "method": method.model_dump(), "seed": args.seed, "target": item.target, "prompt": args.prompt,
         "initial_loss": result.initial_loss, "final_loss": result.final_loss,
         "best_iteration": result.best_iteration, "history": result.history, "terms": result.terms,
-        "seconds": result.seconds,
+        "scores": result.scores, "seconds": result.seconds,
     }, indent=2))
     print(f"loss before: {result.initial_loss:.4f}  after: {result.final_loss:.4f}  "
           f"(best iteration {result.best_iteration}, {result.seconds:.1f} s)")
+    if result.scores:
+        print("scores: " + "  ".join(f"{name} {value:.4f}" for name, value in sorted(result.scores.items())))
     print(f"wrote {args.out} and {history_path}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import io
 import json
 from typing import Any, Sequence
@@ -45,9 +46,7 @@ class ClassifierGuidance(Guidance):
 
     def validate_target(self, target: Any, prompt: str | None = None) -> int:
         if isinstance(target, str) and not target.lstrip("-").isdigit():
-            if not self.labels or target not in self.labels:
-                raise InvalidInput(f"class name {target!r} is not among the classifier's labels")
-            return self.labels.index(target)
+            return self.label_index(target)
         try:
             index = int(target)
         except (TypeError, ValueError):
@@ -55,6 +54,18 @@ class ClassifierGuidance(Guidance):
         if not 0 <= index < self.num_classes:
             raise InvalidInput(f"target {index} is outside the classifier's {self.num_classes} classes")
         return index
+
+    def label_index(self, name: str) -> int:
+        """Index of a class name: an exact label, else a case-insensitive match of a label or of one of its
+        comma-separated aliases (ImageNet-style labels read "goldfish, Carassius auratus")."""
+        if self.labels and name in self.labels:
+            return self.labels.index(name)
+        wanted = name.strip().lower()
+        for index, label in enumerate(self.labels or []):
+            if wanted == label.lower() or wanted in (alias.strip().lower() for alias in label.split(",")):
+                return index
+        hint = f"; close: {', '.join(difflib.get_close_matches(name, self.labels, 3))}" if self.labels else ""
+        raise InvalidInput(f"class name {name!r} is not among the classifier's labels{hint}")
 
     def logits(self, images: Tensor, generators: Sequence[torch.Generator] | None = None) -> Tensor:
         """Logits of every crop, [B * K, num_classes]."""
@@ -68,6 +79,12 @@ class ClassifierGuidance(Guidance):
         per_item = logits.shape[0] // images.shape[0]
         labels = torch.tensor(targets, device=images.device).repeat_interleave(per_item)
         return self.crops.reduce(F.cross_entropy(logits, labels, reduction="none"), images.shape[0])
+
+    @torch.no_grad()
+    def scores(self, images: Tensor, targets: Sequence[Any]) -> dict[str, Tensor]:
+        """Probability of each item's target class on the whole image."""
+        index = torch.tensor(targets, device=images.device).view(-1, 1)
+        return {self.name: self.probabilities(images).gather(1, index).squeeze(1)}
 
     @torch.no_grad()
     def probabilities(self, images: Tensor) -> Tensor:

@@ -7,9 +7,11 @@ ModelLoadError) without loading any weights, so a job fails on the driver before
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import torch
+import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from doodl_ray.config import StrictModel
@@ -176,6 +178,20 @@ def parse_guidance_config(data: Any) -> Any:
         raise InvalidInput(f"bad guidance spec: {problems}") from None
 
 
+def load_guidance_spec(path: str | Path) -> Any:
+    """A GuidanceConfig from a YAML file (`doodl-ray generate --guidance-spec`): either one guidance mapping,
+    or a job spec whose `guidance:` section is used, so one file can serve the CLI and a job."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read guidance spec {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if isinstance(data, dict) and "type" not in data and "guidance" in data:
+        data = data["guidance"]
+    return parse_guidance_config(data)
+
+
 def check_guidance(config: Any, storage_options: dict | None = None) -> None:
     """Static checks that need no weights: model names exist, weight files and reference images are readable.
     Raises InvalidInput / ModelLoadError; meant for the driver, before any actor starts."""
@@ -206,12 +222,15 @@ def build_guidance(config: Any, device: torch.device | str = "cpu", storage_opti
     """Load the frozen guidance model a spec names, on `device` (checks the spec first)."""
     opts = storage_options or {}
     check_guidance(config, opts)
+    return _build(config, device, opts)
+
+
+def _build(config: Any, device: torch.device | str, opts: dict) -> Guidance:
     if isinstance(config, CombinationGuidanceConfig):
         from doodl_ray.guidance.combination import CombinationGuidance
 
-        return CombinationGuidance(
-            [(name, term.weight, build_guidance(term.guidance, device, opts)) for name, term in zip(config.term_names(), config.terms)]
-        )
+        terms = [(name, t.weight, _build(t.guidance, device, opts)) for name, t in zip(config.term_names(), config.terms)]
+        return CombinationGuidance(terms)
     if isinstance(config, ClipTextGuidanceConfig):
         from doodl_ray.guidance.clip import ClipTextGuidance, load_clip
 

@@ -1,0 +1,101 @@
+"""Classifiers from timm, torchvision, transformers and TorchScript, built from configs and loaded from files."""
+
+from __future__ import annotations
+
+import fsspec
+import pytest
+import torch
+
+import doodl_ray.fetch
+from doodl_ray.errors import InvalidInput, ModelLoadError
+from doodl_ray.guidance.spec import build_guidance, check_guidance, parse_guidance_config
+from tests.tiny_guides import HF_LABELS, HF_MEAN, HF_STD, save_hf_classifier, save_timm, save_torchvision
+from tests.tiny_models import save_tiny_classifier
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(doodl_ray.fetch, "DEFAULT_CACHE", tmp_path / "cache")
+
+
+def load(**fields):
+    return build_guidance(parse_guidance_config({"type": "classifier", "crops": {"count": 2}, **fields}))
+
+
+def check_gradient(guide, target: int) -> None:
+    x = torch.rand(1, 3, 48, 48, requires_grad=True)
+    loss = guide.loss(x, [target], [torch.Generator().manual_seed(0)])
+    loss.sum().backward()
+    assert loss.shape == (1,) and x.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in guide.parameters())
+
+
+def test_timm_checkpoint_uses_timm_preprocessing(tmp_path):
+    labels = ["a", "b", "c", "d", "e"]
+    guide = load(model="timm:test_resnet", weights=str(save_timm(tmp_path / "r.safetensors")), labels=labels)
+    assert guide.input_size == (160, 160) and guide.num_classes == 5
+    assert torch.allclose(guide.mean.flatten(), torch.tensor([0.5] * 3))
+    assert guide.validate_target("c") == 2
+    check_gradient(guide, 2)
+
+
+def test_torchvision_checkpoint_uses_torchvision_preprocessing(tmp_path):
+    guide = load(model="torchvision:mobilenet_v3_small", weights=str(save_torchvision(tmp_path / "m.pth")), num_classes=4)
+    assert guide.input_size == (224, 224) and guide.num_classes == 4
+    assert torch.allclose(guide.mean.flatten(), torch.tensor(IMAGENET_MEAN))
+    check_gradient(guide, 3)
+
+
+def test_transformers_folder_labels_and_processor(tmp_path):
+    folder = save_hf_classifier(tmp_path / "vit")
+    guide = load(model=f"hf:{folder}")
+    assert guide.input_size == (24, 24) and guide.labels == HF_LABELS
+    assert torch.allclose(guide.mean.flatten(), torch.tensor(HF_MEAN))
+    assert torch.allclose(guide.std.flatten(), torch.tensor(HF_STD))
+    assert guide.validate_target("Blue Jay") == 1 and guide.validate_target(2) == 2
+    with pytest.raises(InvalidInput, match="not among"):
+        guide.validate_target("ostrich")
+    check_gradient(guide, 1)
+    fs = fsspec.filesystem("memory")
+    fs.put(str(folder), "/hf/vit", recursive=True)
+    remote = load(model="hf:memory://hf/vit")
+    x = torch.rand(2, 3, 24, 24)
+    assert torch.allclose(remote.probabilities(x), guide.probabilities(x), atol=1e-6)
+
+
+def test_torchscript_with_spec_overrides(tmp_path):
+    path = save_tiny_classifier(tmp_path / "c.pt", classes=3, labels=["x", "y", "z"])
+    guide = load(model=str(path), mean=(0.2, 0.2, 0.2))
+    assert guide.input_size == (16, 16) and guide.labels == ["x", "y", "z"]
+    assert torch.allclose(guide.mean.flatten(), torch.tensor([0.2] * 3))
+    assert torch.allclose(guide.std.flatten(), torch.tensor([0.5] * 3))  # from the file's doodl.json
+    score = guide.scores(torch.rand(2, 3, 16, 16), [0, 2])["classifier"]
+    assert score.shape == (2,) and ((0 < score) & (score < 1)).all()
+
+
+@pytest.mark.parametrize(
+    "fields, error",
+    [
+        ({"model": "timm:no_such_net"}, ModelLoadError),
+        ({"model": "torchvision:no_such_net"}, ModelLoadError),
+        ({"model": "timm:test_resnet", "weights": "/missing.safetensors"}, ModelLoadError),
+        ({"model": "/missing/classifier.pt"}, ModelLoadError),
+        ({"model": "hf:memory://no/such/folder"}, ModelLoadError),
+    ],
+)
+def test_bad_classifier_specs_fail_the_static_check(fields, error):
+    with pytest.raises(error):
+        check_guidance(parse_guidance_config({"type": "classifier", **fields}))
+
+
+def test_bad_classifier_specs_fail_at_parse_or_load(tmp_path):
+    with pytest.raises(InvalidInput):  # weights for a TorchScript file
+        parse_guidance_config({"type": "classifier", "model": "c.pt", "weights": "w.pth"})
+    with pytest.raises(InvalidInput):  # labels and class count disagree
+        parse_guidance_config({"type": "classifier", "model": "timm:test_resnet", "labels": ["a"], "num_classes": 2})
+    with pytest.raises(InvalidInput):  # a new head size on library weights would be a random head
+        load(model="timm:test_resnet", num_classes=5)
+    with pytest.raises(ModelLoadError):  # checkpoint head (5) and requested head (3) disagree
+        load(model="timm:test_resnet", weights=str(save_timm(tmp_path / "r.safetensors")), num_classes=3)
