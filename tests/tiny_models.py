@@ -3,12 +3,10 @@ the same loading code paths as real checkpoints, at test size."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import tempfile
 from pathlib import Path
 
-import open_clip
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -19,37 +17,14 @@ from diffusers import (
     UNet2DModel,
 )
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from doodl_ray.benchmarks.sd import offline_clip_tokenizer
 
 SD_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
     clip_sample=False, set_alpha_to_one=False, steps_offset=1,
 )
-
-
-def clip_tokenizer(folder: Path) -> CLIPTokenizer:
-    """CLIP's real BPE vocabulary (49,408 ids), built offline from the file open_clip's wheel bundles."""
-    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
@@ -71,7 +46,7 @@ def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
     ))
     with tempfile.TemporaryDirectory() as vocab_dir:
         pipe = StableDiffusionPipeline(
-            unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(Path(vocab_dir)),
+            unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=offline_clip_tokenizer(Path(vocab_dir)),
             scheduler=DDIMScheduler(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         )
