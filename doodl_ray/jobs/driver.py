@@ -1,0 +1,404 @@
+"""The driver: owns the actor pool and the ledger, and sees every item through to exactly one result row.
+
+Why not Ray Data: its block-level retries drop failed blocks without a record and have no per-item time
+budget. Here each item is tracked individually: dispatched in batches with backpressure (a few batches
+queued per actor), retried on any actor after a jittered exponential backoff when the failure is
+transient, recorded at once when it is permanent, and recorded as failed, with its error, once its
+attempts are spent. An actor that dies or overruns its batch's time budget is killed and replaced; its
+queued batches go back to the queue, and the running batch's items are retried alone, so a poison item
+only ever costs its own attempts."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from doodl_ray.errors import DoodlError, InvalidInput
+from doodl_ray.jobs.ledger import LedgerState, load_ledger
+from doodl_ray.jobs.reader import InputPlan, JobItem, TargetCheck, read_input
+from doodl_ray.jobs.spec import JobSpec
+from doodl_ray.jobs.storage import Storage, backoff_delay
+from doodl_ray.jobs.worker import JobWorker, Outcome
+from doodl_ray.jobs.writer import (
+    RowContext,
+    code_version,
+    failure_row,
+    finalize_shard,
+    ids_hash,
+    now,
+    read_manifest,
+    rejected_row,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+WAIT_TICK = 0.5  # seconds between progress refreshes while nothing completes
+
+
+@dataclass
+class RunSummary:
+    """What a run did; `computed` counts items run by this invocation, `resumed` those found done."""
+
+    run_id: str
+    output: str
+    session: str
+    rows: int
+    ok: int
+    failed: int
+    rejected: int
+    computed: int
+    resumed: int
+    seconds: float
+
+    @property
+    def items_per_s(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    def text(self) -> str:
+        return (f"run {self.run_id}: {self.rows} rows -> {self.ok} ok, {self.failed} failed, {self.rejected} rejected; "
+                f"computed {self.computed} this run ({self.items_per_s:.2f} items/s over {self.seconds:.1f} s), "
+                f"{self.resumed} already done; results in {self.output}")
+
+
+@dataclass(eq=False)
+class _Entry:
+    item: JobItem
+    attempts: int = 0  # attempts finished so far
+    solo: bool = False  # run alone next time (its last batch failed as a whole)
+
+
+@dataclass(eq=False)
+class _Batch:
+    entries: list[_Entry]
+    ref: Any = None
+    deadline: float = float("inf")
+
+
+@dataclass(eq=False)
+class _Slot:
+    index: int
+    generation: int = 0
+    actor: Any = None
+    ready_ref: Any = None
+    ready: bool = False
+    start_failures: int = 0
+    restart_at: float = 0.0
+    ready_by: float = float("inf")  # startup deadline
+    inflight: deque = field(default_factory=deque)
+
+
+def target_check(spec: JobSpec, storage_options: dict[str, Any]) -> Optional[TargetCheck]:
+    """The guidance model's own target check, so bad targets are rejected before any actor starts."""
+    columns = spec.input.columns
+    if spec.guidance is None or spec.processor.name != "engine" or (columns.target is None and columns.reference is None):
+        return None
+    from doodl_ray.guidance.spec import build_guidance
+
+    return build_guidance(spec.guidance, "cpu", storage_options).validate_target
+
+
+def prepare(spec: JobSpec, check_targets: bool = True) -> InputPlan:
+    """Validate the input against the spec (and the guidance model's targets): what `validate` runs."""
+    options = spec.storage.fsspec_options(spec.input.uri)
+    check = target_check(spec, spec.storage.fsspec_options("s3://")) if check_targets else None
+    return read_input(spec, options, check)
+
+
+class Driver:
+    """One invocation of a job: plan, resume, dispatch, record."""
+
+    def __init__(self, spec: JobSpec, *, force: bool = False, retry_failed: bool = False, progress: bool = True,
+                 on_progress: Callable[[dict[str, int]], None] | None = None):
+        self.spec, self.force, self.retry_failed, self.show_progress = spec, force, retry_failed, progress
+        self.on_progress = on_progress
+        self.session = uuid.uuid4().hex[:12]
+        self.storage = Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries)
+        self.spec_hash = spec.result_hash()
+        self.context = RowContext(self.session, self.spec_hash, spec.method.name, spec.model, code_version())
+        self.counts = {"ok": 0, "failed": 0, "rejected": 0}
+        self.computed = 0
+        self._seq = itertools.count()
+
+    # ---- setup -------------------------------------------------------------------------------------
+
+    def _check_output(self) -> None:
+        manifest = read_manifest(self.storage)
+        if self.force:
+            for prefix in ("results", "images"):
+                self.storage.delete_prefix(prefix)
+        elif manifest is not None and manifest.get("spec_hash") != self.spec_hash:
+            raise InvalidInput(
+                f"{self.spec.output.uri} holds run {manifest.get('run_id')!r} of a different spec "
+                f"(hash {manifest.get('spec_hash')} vs {self.spec_hash}); use a new output URI or --force"
+            )
+
+    def _manifest(self, plan: InputPlan, state: str, started: str, finished: str | None = None) -> dict[str, Any]:
+        import platform
+
+        import pyarrow
+
+        return {
+            "run_id": self.spec.run_id, "state": state, "session": self.session, "spec_hash": self.spec_hash,
+            "started_at": started, "finished_at": finished, "spec": self.spec.public_dump(),
+            "versions": {"doodl_ray": self.context.code_version, "ray": ray.__version__, "pyarrow": pyarrow.__version__,
+                         "python": platform.python_version()},
+            "input_files": plan.files,
+            "totals": {"rows": plan.rows, "items": len(plan.items), "rejected": len(plan.rejected),
+                       "shards": len(plan.shard_ids), **self.counts},
+        }
+
+    # ---- run -----------------------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        t0 = time.perf_counter()
+        started = now().isoformat()
+        self._check_output()
+        plan = prepare(self.spec)
+        state = load_ledger(self.storage, plan, self.spec_hash, self.retry_failed)
+        write_manifest(self.storage, self._manifest(plan, "running", started))
+        pending = self._setup_shards(plan, state)
+        self._progress_bar(plan.rows)
+        try:
+            if pending:
+                self._dispatch(pending)
+        finally:
+            self._close_progress()
+        write_manifest(self.storage, self._manifest(plan, "finished", started, now().isoformat()))
+        return RunSummary(self.spec.run_id, self.spec.output.uri, self.session, plan.rows, self.counts["ok"],
+                          self.counts["failed"], self.counts["rejected"], self.computed, self.resumed,
+                          time.perf_counter() - t0)
+
+    def _setup_shards(self, plan: InputPlan, state: LedgerState) -> list[JobItem]:
+        """Shard bookkeeping from the ledger; finalizes shards with nothing left; returns the items to run."""
+        self.plan = plan
+        self.shard_rows: dict[int, dict[str, dict]] = {s: {} for s in plan.shard_ids if s not in state.complete}
+        for marker in state.complete.values():
+            for status in self.counts:
+                self.counts[status] += marker.get(status, 0)
+        for row in plan.rejected:
+            if row.shard in self.shard_rows:
+                self.shard_rows[row.shard][str(row.id)] = rejected_row(row, self.context)
+                self.counts["rejected"] += 1
+        done = state.done_ids(self.retry_failed)
+        self.resumed = len(done) + sum(m.get("ok", 0) + m.get("failed", 0) for m in state.complete.values())
+        for item_id in done:
+            row = state.rows[item_id]
+            self.shard_rows[row["shard"]][item_id] = row
+            self.counts[row["status"]] += 1
+        pending = [i for i in plan.items if i.shard in self.shard_rows and i.id not in done]
+        self.remaining = {s: 0 for s in self.shard_rows}
+        for item in pending:
+            self.remaining[item.shard] += 1
+        for shard, left in self.remaining.items():
+            if left == 0:
+                self._finalize(shard)
+        return pending
+
+    def _finalize(self, shard: int) -> None:
+        rows = self.shard_rows.pop(shard)
+        order = [str(i) for i in self.plan.shard_ids[shard]]
+        finalize_shard(self.storage, shard, [rows[i] for i in order], ids_hash(self.plan.shard_ids[shard]), self.spec_hash)
+
+    def _record(self, item: JobItem, row: dict[str, Any]) -> None:
+        """An item's final row: count it, and close its shard when it was the last one."""
+        if item.id in self.shard_rows.get(item.shard, {}):
+            return  # already final (a duplicate report after a restart)
+        self.shard_rows[item.shard][item.id] = row
+        self.counts[row["status"]] += 1
+        self.computed += 1
+        self.remaining[item.shard] -= 1
+        if self.remaining[item.shard] == 0:
+            self._finalize(item.shard)
+        self._tick(1)
+
+    # ---- actors ----------------------------------------------------------------------------------------
+
+    def _start(self, slot: _Slot) -> None:
+        res = self.spec.resources
+        slot.generation += 1
+        name = f"doodl-ray.{self.spec.run_id}.{self.session}.w{slot.index}.{slot.generation}"
+        slot.actor = ray.remote(JobWorker).options(
+            num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, name=name, max_restarts=0, max_concurrency=1,
+        ).remote(self.spec, self.context, name)
+        slot.ready_ref, slot.ready = slot.actor.ready.remote(), False
+        slot.ready_by = time.monotonic() + self.spec.timeouts.startup_seconds
+
+    def _stop(self, slot: _Slot, queue: deque, error_type: str, reason: str, restart_delay: float = 0.0) -> None:
+        """Kill a slot's actor: its running batch failed (see _batch_failed), its queued batches go back."""
+        if slot.actor is not None:
+            ray.kill(slot.actor, no_restart=True)
+        batches = list(slot.inflight)
+        slot.inflight.clear()
+        slot.actor, slot.ready_ref, slot.ready = None, None, False
+        slot.restart_at = time.monotonic() + restart_delay
+        for batch in reversed(batches[1:]):
+            queue.extendleft(reversed(batch.entries))
+        if batches:
+            self._batch_failed(batches[0], queue, error_type, reason)
+
+    def _batch_failed(self, batch: _Batch, queue: deque, error_type: str, reason: str) -> None:
+        """A failure that cannot be pinned on one item: a single item pays an attempt; a batch's items are
+        rerun alone first, free, so a poison item never spends its batch-mates' attempts."""
+        if len(batch.entries) == 1:
+            self._retry_or_fail(batch.entries[0], error_type, reason)
+            return
+        for entry in reversed(batch.entries):
+            entry.solo = True
+            queue.appendleft(entry)
+
+    def _retry_or_fail(self, entry: _Entry, error_type: str, error: str) -> None:
+        """A transient failure: retry alone after a backoff, or record the item as failed when out of attempts."""
+        entry.attempts += 1
+        entry.solo = True
+        if entry.attempts >= self.spec.retries.attempts:
+            row = failure_row(entry.item, self.context, "failed", error, entry.attempts)
+            row["error_type"] = error_type
+            self._record(entry.item, row)
+            return
+        delay = backoff_delay(self.spec.retries, entry.attempts)
+        heapq.heappush(self.delayed, (time.monotonic() + delay, next(self._seq), entry))
+
+    def _handle(self, batch: _Batch, outcomes: list[Outcome]) -> None:
+        entries = {e.item.id: e for e in batch.entries}
+        for outcome in outcomes:
+            entry = entries[outcome.id]
+            if outcome.row is not None:
+                self._record(entry.item, outcome.row)
+            elif outcome.permanent:
+                row = failure_row(entry.item, self.context, outcome.status, outcome.error or "", entry.attempts + 1)
+                row["error_type"] = outcome.error_type
+                self._record(entry.item, row)
+            else:
+                self._retry_or_fail(entry, outcome.error_type or "Error", outcome.error or "")
+
+    def _dispatch(self, pending: list[JobItem]) -> None:
+        spec = self.spec
+        queue: deque[_Entry] = deque(_Entry(item) for item in pending)
+        self.delayed: list = []
+        slots = [_Slot(i) for i in range(min(spec.resources.actors, len(pending)))]
+        try:
+            while self.shard_rows:
+                clock = time.monotonic()
+                while self.delayed and self.delayed[0][0] <= clock:
+                    queue.append(heapq.heappop(self.delayed)[2])
+                for slot in slots:
+                    if slot.actor is None and clock >= slot.restart_at:
+                        self._start(slot)
+                    elif not slot.ready and slot.actor is not None and clock > slot.ready_by:
+                        self._start_failed(slot, queue, f"not ready after {spec.timeouts.startup_seconds:g} s "
+                                           "(are the requested GPUs/CPUs available?)")
+                    while slot.ready and len(slot.inflight) < spec.resources.inflight_per_actor and queue:
+                        self._submit(slot, queue)
+                    if slot.inflight and slot.inflight[0].deadline < clock:
+                        head = slot.inflight[0]
+                        self._stop(slot, queue, "TimeoutError", f"over the time budget of "
+                                   f"{spec.timeouts.item_seconds:g} s per item (batch of {len(head.entries)})")
+                refs = {s.ready_ref: s for s in slots if s.ready_ref is not None and not s.ready}
+                refs.update({b.ref: s for s in slots for b in s.inflight})
+                wake = [WAIT_TICK] + [d[0] - clock for d in self.delayed[:1]]
+                wake += [s.inflight[0].deadline - clock for s in slots if s.inflight]
+                if not refs:
+                    time.sleep(max(0.0, min(wake)))
+                    continue
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=max(0.0, min(wake)))
+                if ready:
+                    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+                for ref in ready:
+                    self._complete(refs[ref], ref, queue)
+                self._tick(0)
+        finally:
+            for slot in slots:
+                if slot.actor is not None:
+                    ray.kill(slot.actor, no_restart=True)
+
+    def _submit(self, slot: _Slot, queue: deque) -> None:
+        entries = [queue.popleft()]
+        while not entries[0].solo and queue and not queue[0].solo and len(entries) < self.spec.resources.batch_size:
+            entries.append(queue.popleft())
+        batch = _Batch(entries, slot.actor.process.remote([(e.item, e.attempts + 1) for e in entries]))
+        if not slot.inflight:
+            batch.deadline = self._deadline(batch)
+        slot.inflight.append(batch)
+
+    def _deadline(self, batch: _Batch) -> float:
+        budget = self.spec.timeouts.item_seconds
+        return time.monotonic() + budget * len(batch.entries) if budget else float("inf")
+
+    def _start_failed(self, slot: _Slot, queue: deque, reason: str) -> None:
+        slot.start_failures += 1
+        if slot.start_failures >= self.spec.retries.worker_starts:
+            raise DoodlError(f"worker {slot.index} failed to start {slot.start_failures} times: {reason}")
+        log.warning("worker %d failed to start (%s); restarting", slot.index, reason)
+        self._stop(slot, queue, "WorkerStartError", reason, backoff_delay(self.spec.retries, slot.start_failures))
+
+    def _complete(self, slot: _Slot, ref: Any, queue: deque) -> None:
+        if ref is slot.ready_ref or ref == slot.ready_ref:
+            try:
+                ray.get(ref)
+                slot.ready, slot.start_failures = True, 0
+            except Exception as exc:
+                self._start_failed(slot, queue, _short(exc))
+            return
+        batch = next((b for b in slot.inflight if b.ref == ref), None)
+        if batch is None:
+            return
+        try:
+            outcomes = ray.get(ref)
+        except RayActorError as exc:
+            log.warning("worker %d died: %s", slot.index, _short(exc))
+            self._stop(slot, queue, "WorkerDied", _short(exc))
+            return
+        except RayTaskError as exc:
+            slot.inflight.remove(batch)
+            self._batch_failed(batch, queue, "WorkerError", _short(exc))
+        else:
+            slot.inflight.remove(batch)
+            self._handle(batch, outcomes)
+        if slot.inflight and slot.inflight[0].deadline == float("inf"):
+            slot.inflight[0].deadline = self._deadline(slot.inflight[0])
+
+    # ---- progress ----------------------------------------------------------------------------------
+
+    def _progress_bar(self, total: int) -> None:
+        self.bar = None
+        if self.show_progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=sum(self.counts.values()), unit="item", dynamic_ncols=True,
+                            desc=self.spec.run_id, smoothing=0.05)
+            self._tick(0)
+
+    def _tick(self, n: int) -> None:
+        done = sum(self.counts.values())
+        if self.on_progress is not None:
+            self.on_progress({**self.counts, "computed": self.computed})
+        if self.bar is not None:
+            self.bar.set_postfix(ok=self.counts["ok"], failed=self.counts["failed"],
+                                 rejected=self.counts["rejected"], left=self.bar.total - done, refresh=False)
+            self.bar.update(n)
+
+    def _close_progress(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _short(exc: BaseException) -> str:
+    """One line from a Ray error (whose text embeds a whole remote traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("File ", "Traceback", "^", "~"))]
+    return (useful[-1] if useful else type(exc).__name__)[:500]
+
+
+def run_job(spec: JobSpec, *, force: bool = False, retry_failed: bool = False, progress: bool = True,
+            on_progress: Callable[[dict[str, int]], None] | None = None) -> RunSummary:
+    """Run (or resume) a job on the Ray cluster this process is connected to."""
+    return Driver(spec, force=force, retry_failed=retry_failed, progress=progress, on_progress=on_progress).run()

@@ -1,0 +1,140 @@
+"""Output storage through fsspec: local folders and s3:// alike.
+
+Every write is atomic (a temporary name then a rename on disk; a single PUT on object stores), so a crash
+never leaves a partial file under a final name. Keys are relative to the output prefix and checked, so no
+item id can address a file outside it. Transient errors (throttling, 5xx, dropped connections, timeouts)
+are retried with capped exponential backoff; permanent ones (missing bucket, access denied) are not."""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+import random
+import time
+import uuid
+from typing import Any, Callable, TypeVar
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from doodl_ray.errors import InvalidInput
+from doodl_ray.jobs.spec import RetryConfig
+
+T = TypeVar("T")
+
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+_TRANSIENT_ERRNOS = {errno.EBUSY, errno.EAGAIN, errno.EIO, errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET}
+_NETWORK_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "http.client")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: the same request may succeed a moment later."""
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _TRANSIENT_ERRNOS or exc.errno is None
+    module = type(exc).__module__ or ""
+    if module.startswith(_NETWORK_MODULES):
+        status = getattr(exc, "response", {}) or {}
+        code = status.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(status, dict) else None
+        return code is None or code >= 500 or code == 429
+    return False
+
+
+def backoff_delay(policy: RetryConfig, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based): capped exponential, jittered."""
+    capped = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+    return capped * (1 - policy.jitter * (rng or random).random())
+
+
+def with_retries(fn: Callable[[], T], policy: RetryConfig, what: str = "storage") -> T:
+    """Call fn, retrying transient errors up to policy.attempts times in all."""
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == policy.attempts or not is_transient(exc):
+                raise
+            time.sleep(backoff_delay(policy, attempt))
+    raise AssertionError("unreachable")
+
+
+def check_key(key: str) -> str:
+    """A relative key that stays under the prefix: no absolute path, no '.' or '..' segments."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise InvalidInput(f"storage key {key!r} would leave the output prefix")
+    return key
+
+
+class Storage:
+    """A prefix (local folder or object-store URI) with atomic, retried reads and writes of relative keys."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None, retry: RetryConfig | None = None):
+        self.uri = uri.rstrip("/")
+        self.fs, root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
+        self.root = root.rstrip("/")
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self.retry = retry or RetryConfig(attempts=3, base_delay=0.2, max_delay=5.0)
+
+    def path(self, key: str) -> str:
+        """The filesystem path of a key."""
+        return f"{self.root}/{check_key(key)}"
+
+    def url(self, key: str) -> str:
+        """The full URI of a key, as recorded in results (s3://bucket/..., or a local path)."""
+        return f"{self.uri}/{check_key(key)}"
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Write atomically; returns the key's URI."""
+        path = self.path(key)
+        with_retries(lambda: self._write(path, data), self.retry)
+        return self.url(key)
+
+    def _write(self, path: str, data: bytes) -> None:
+        if not self.local:
+            self.fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
+            return
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{posixpath.dirname(path)}/.tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}"
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            self.fs.mv(tmp, path)  # os.rename within one folder: atomic
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+
+    def read_bytes(self, key: str) -> bytes:
+        return with_retries(lambda: self.fs.cat_file(self.path(key)), self.retry)
+
+    def exists(self, key: str) -> bool:
+        return with_retries(lambda: self.fs.exists(self.path(key)), self.retry)
+
+    def list(self, prefix: str, suffix: str = "") -> list[str]:
+        """Keys under `prefix` (recursive) ending in `suffix`, sorted; temporary files excluded."""
+        base = self.path(prefix)
+        self.fs.invalidate_cache()  # other processes (workers, a previous driver) write here too
+
+        def find() -> list[str]:
+            return self.fs.find(base) if self.fs.exists(base) else []
+
+        keys = (p[len(self.root) + 1 :] for p in with_retries(find, self.retry))
+        return sorted(k for k in keys if k.endswith(suffix) and not posixpath.basename(k).startswith(".tmp-"))
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove keys (missing ones ignored)."""
+        for key in keys:
+            try:
+                with_retries(lambda: self.fs.rm_file(self.path(key)), self.retry)
+            except FileNotFoundError:
+                pass
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove everything under a prefix (used by --force)."""
+        base = self.path(prefix)
+        self.fs.invalidate_cache()
+        if self.fs.exists(base):
+            with_retries(lambda: self.fs.rm(base, recursive=True), self.retry)

@@ -1,0 +1,105 @@
+"""End to end on local Ray (2 actors on logical GPUs) and a real S3 endpoint (moto's server over HTTP):
+a tiny real model, input and models on S3, images and results back on S3, one row per input row."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from doodl_ray.cli import main
+from doodl_ray.errors import InvalidInput
+from doodl_ray.jobs import run_job
+from doodl_ray.jobs.spec import parse_spec
+from tests.ray_session import ray_session  # noqa: F401
+from tests.s3_server import s3_endpoint  # noqa: F401
+from tests.tiny_models import save_tiny_classifier, save_tiny_pixel
+
+
+def read_results(fs, prefix: str) -> list[dict]:
+    fs.invalidate_cache()
+    rows = []
+    for path in sorted(fs.glob(f"{prefix}/results/shard-*.parquet")):
+        rows += pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist()
+    return rows
+
+
+def job(bucket: str, endpoint: str, **overrides) -> dict:
+    """A noop job spec on S3 (the fault tests reuse it)."""
+    spec = {
+        "run_id": "t", "model": "unused", "input": {"uri": f"s3://{bucket}/in/", "columns": {"id": "id"}},
+        "output": {"uri": f"s3://{bucket}/out", "shard_size": 10}, "storage": {"endpoint_url": endpoint},
+        "processor": {"name": "noop"}, "resources": {"actors": 2, "gpus_per_actor": 1, "batch_size": 2},
+        "retries": {"attempts": 3, "base_delay": 0.05, "max_delay": 0.2},
+    }
+    for key, value in overrides.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec
+
+
+def put_table(fs, path: str, **columns: list) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer)
+    fs.pipe_file(path, buffer.getvalue())
+
+
+def test_tiny_model_job_on_s3(ray_session, s3_endpoint, tmp_path: Path):
+    fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
+    save_tiny_pixel(tmp_path / "pixel", channels=3, size=16)
+    save_tiny_classifier(tmp_path / "classifier.pt", channels=3, classes=10, size=16)
+    fs.put(str(tmp_path / "pixel"), f"{bucket}/models/pixel", recursive=True)
+    fs.put_file(str(tmp_path / "classifier.pt"), f"{bucket}/models/classifier.pt")
+    ids = [f"item-{i:02d}" for i in range(22)] + ["../../escape", "wrong-class"]
+    put_table(fs, f"{bucket}/in/part-0.parquet", id=ids, target=[i % 10 for i in range(22)] + [1, 12])
+    spec = parse_spec(job(
+        bucket, s3_endpoint.url, model=f"s3://{bucket}/models/pixel", processor={"name": "engine"},
+        guidance={"type": "classifier", "model": f"s3://{bucket}/models/classifier.pt", "crops": {"count": 1}},
+        method={"name": "doodl", "sampler": {"steps": 3}, "doodl": {"iterations": 2}},
+        input={"columns": {"id": "id", "target": "target"}}, resources={"batch_size": 4},
+    ))
+    summary = run_job(spec, progress=False)
+    assert (summary.ok, summary.failed, summary.rejected, summary.computed) == (22, 0, 2, 22)
+
+    rows = read_results(fs, f"{bucket}/out")
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    by_id = {r["id"]: r for r in rows}
+    assert "not a safe name" in by_id["../../escape"]["error"]
+    assert "outside the classifier's 10 classes" in by_id["wrong-class"]["error"]
+    for item_id in ids[:22]:
+        row = by_id[item_id]
+        assert row["status"] == "ok" and row["attempts"] == 1 and len(row["history"]) >= 2
+        assert row["image_uri"] == f"s3://{bucket}/out/images/{item_id}.png"
+        assert Image.open(io.BytesIO(fs.cat_file(row["image_uri"]))).size == (16, 16)
+    keys = fs.find(bucket)
+    assert all(k.startswith((f"{bucket}/out/", f"{bucket}/in/", f"{bucket}/models/")) for k in keys)
+    assert not any("escape" in k for k in keys) and not fs.glob(f"{bucket}/out/results/parts/**")
+    manifest = json.loads(fs.cat_file(f"{bucket}/out/manifest.json"))
+    assert manifest["state"] == "finished" and manifest["totals"]["ok"] == 22
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["status", f"s3://{bucket}/out", "--endpoint-url", s3_endpoint.url, "--json"]) == 0
+    status = json.loads(out.getvalue())
+    assert (status["ok"], status["rejected"], status["pending"], status["shards_done"]) == (22, 2, 0, 3)
+
+    again = run_job(spec, progress=False)  # resume: everything is done
+    assert (again.computed, again.resumed, again.ok) == (0, 22, 22)
+
+
+def test_resume_force_and_spec_change(ray_session, s3_endpoint, tmp_path: Path):
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(6)]}), tmp_path / "in.parquet")
+    spec = job("unused", s3_endpoint.url, input={"uri": str(tmp_path / "in.parquet")},
+               output={"uri": str(tmp_path / "out")}, resources={"actors": 1})
+    first = run_job(parse_spec(spec), progress=False)
+    assert (first.computed, first.ok) == (6, 6)
+    forced = run_job(parse_spec(spec), force=True, progress=False)
+    assert (forced.computed, forced.resumed) == (6, 0)
+    with pytest.raises(InvalidInput, match="different spec"):
+        run_job(parse_spec({**spec, "seed": 1}), progress=False)
+    assert not [p for p in tmp_path.rglob(".tmp-*")]

@@ -1,0 +1,132 @@
+"""Faults on real Ray actors and a real S3 endpoint: a killed actor, a SIGKILLed driver, items that
+always fail or hang, and throttled storage. Each run must end with exactly one row per input row."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import ray
+import yaml
+
+from doodl_ray.errors import NonFiniteLoss
+from doodl_ray.jobs import run_job
+from doodl_ray.jobs.ledger import ledger_counts
+from doodl_ray.jobs.spec import parse_spec
+from doodl_ray.jobs.storage import Storage
+from doodl_ray.jobs.worker import NoopProcessor
+from tests.ray_session import ROOT, ray_session  # noqa: F401
+from tests.s3_server import FaultProxy, s3_endpoint  # noqa: F401
+from tests.test_jobs_e2e import job, put_table, read_results
+
+
+class FaultyProcessor(NoopProcessor):
+    """A processor plug-in (spec processor.name 'tests.test_jobs_faults:FaultyProcessor'): ids in `fail`
+    always raise, ids in `nan` raise the engine's permanent NonFiniteLoss, ids in `hang` never finish."""
+
+    def __init__(self, spec, device, storage_options, fail=(), nan=(), hang=()):
+        super().__init__()
+        self.fail, self.nan, self.hang = set(fail), set(nan), set(hang)
+
+    def run(self, items):
+        for item in items:
+            if item.id in self.fail:
+                raise RuntimeError(f"cannot render {item.id}")
+            if item.id in self.nan:
+                raise NonFiniteLoss("guidance loss is nan")
+            if item.id in self.hang:
+                time.sleep(600)
+        return super().run(items)
+
+
+def ids(n: int) -> list[str]:
+    return [f"i{k:03d}" for k in range(n)]
+
+
+def test_actor_killed_mid_run(ray_session, s3_endpoint):
+    fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
+    put_table(fs, f"{bucket}/in/a.parquet", id=ids(40))
+    spec = parse_spec(job(bucket, s3_endpoint.url, processor={"name": "noop", "options": {"seconds": 0.05}},
+                          resources={"batch_size": 1}))
+    started = threading.Event()
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(summary=run_job(
+        spec, progress=False, on_progress=lambda c: c["computed"] >= 6 and started.set())))
+    worker.start()
+    assert started.wait(60)
+    victim = next(a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith(".w0.1"))
+    ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]))
+    worker.join(120)
+    summary = result["summary"]
+    assert (summary.ok, summary.failed, summary.computed) == (40, 0, 40)
+    rows = read_results(fs, f"{bucket}/out")
+    assert sorted(r["id"] for r in rows) == ids(40) and all(r["status"] == "ok" for r in rows)
+    assert any(r["attempts"] == 2 for r in rows)  # the killed actor's running item was redone elsewhere
+
+
+def test_failing_hanging_and_permanent_items(ray_session, s3_endpoint, tmp_path: Path):
+    fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
+    put_table(fs, f"{bucket}/in/a.parquet", id=ids(10) + ["bad", "nan", "hang"])
+    options = {"fail": ["bad"], "nan": ["nan"], "hang": ["hang"]}
+    spec = parse_spec(job(bucket, s3_endpoint.url, processor={"name": "tests.test_jobs_faults:FaultyProcessor",
+                                                              "options": options},
+                          retries={"attempts": 2}, timeouts={"item_seconds": 1.0}))
+    summary = run_job(spec, progress=False)
+    assert (summary.ok, summary.failed) == (10, 3)
+    rows = {r["id"]: r for r in read_results(fs, f"{bucket}/out")}
+    assert len(rows) == 13
+    assert rows["bad"]["status"] == "failed" and rows["bad"]["attempts"] == 2
+    assert rows["bad"]["error_type"] == "RuntimeError" and rows["bad"]["error"] == "cannot render bad"
+    assert (rows["nan"]["status"], rows["nan"]["attempts"], rows["nan"]["error_type"]) == ("failed", 1, "NonFiniteLoss")
+    assert rows["hang"]["error_type"] == "TimeoutError" and rows["hang"]["attempts"] == 2
+    assert all(rows[i]["status"] == "ok" for i in ids(10))
+
+
+def test_transient_storage_errors_are_retried(ray_session, s3_endpoint):
+    fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
+    put_table(fs, f"{bucket}/in/a.parquet", id=ids(20))
+    proxy = FaultProxy(s3_endpoint.url, failures=12, match="/out/images/")
+    try:
+        spec = parse_spec(job(bucket, proxy.url, storage={"options": {"config_kwargs": {"retries": {"max_attempts": 1}}}}))
+        summary = run_job(spec, progress=False)
+    finally:
+        proxy.close()
+    assert proxy.injected == 12  # more than s3fs retries on its own: our storage and item retries took the rest
+    assert (summary.ok, summary.failed) == (20, 0)
+    rows = read_results(fs, f"{bucket}/out")
+    assert sorted(r["id"] for r in rows) == ids(20)
+    assert len(fs.glob(f"{bucket}/out/images/*.png")) == 20
+
+
+def test_driver_sigkill_then_resume(ray_session, s3_endpoint, tmp_path: Path):
+    fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
+    put_table(fs, f"{bucket}/in/a.parquet", id=ids(30))
+    data = job(bucket, s3_endpoint.url, processor={"name": "noop", "options": {"seconds": 0.1}},
+               resources={"batch_size": 1})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
+    driver = subprocess.Popen([sys.executable, "-m", "doodl_ray.cli", "run", str(tmp_path / "job.yaml"),
+                               "--address", ray_session, "--no-progress"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = Storage(f"s3://{bucket}/out", {"endpoint_url": s3_endpoint.url})
+    deadline = time.monotonic() + 90
+    while len(storage.list("results/parts", ".parquet")) < 6 and time.monotonic() < deadline:
+        assert driver.poll() is None, "driver exited early"
+        time.sleep(0.1)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    killed = ledger_counts(storage)
+    assert killed["state"] == "running" and 6 <= killed["ok"] < 30
+
+    summary = run_job(parse_spec(data), progress=False)
+    assert summary.resumed >= killed["ok"] and summary.computed == 30 - summary.resumed and summary.ok == 30
+    rows = read_results(fs, f"{bucket}/out")
+    assert sorted(r["id"] for r in rows) == ids(30)
+    sessions = Counter(r["session"] for r in rows)
+    assert sessions[summary.session] == summary.computed  # only the missing items were computed again
+    assert ledger_counts(storage)["state"] == "finished"
