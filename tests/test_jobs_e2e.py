@@ -53,13 +53,16 @@ def test_tiny_model_job_on_s3(ray_session, s3_endpoint, tmp_path: Path):
     fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
     save_tiny_pixel(tmp_path / "pixel", channels=3, size=16)
     save_tiny_classifier(tmp_path / "classifier.pt", channels=3, classes=10, size=16)
+    save_tiny_classifier(tmp_path / "judge.pt", channels=3, classes=10, size=16, seed=5)
     fs.put(str(tmp_path / "pixel"), f"{bucket}/models/pixel", recursive=True)
     fs.put_file(str(tmp_path / "classifier.pt"), f"{bucket}/models/classifier.pt")
+    fs.put_file(str(tmp_path / "judge.pt"), f"{bucket}/models/judge.pt")
     ids = [f"item-{i:02d}" for i in range(22)] + ["../../escape", "wrong-class"]
     put_table(fs, f"{bucket}/in/part-0.parquet", id=ids, target=[i % 10 for i in range(22)] + [1, 12])
     spec = parse_spec(job(
         bucket, s3_endpoint.url, model=f"s3://{bucket}/models/pixel", processor={"name": "engine"},
         guidance={"type": "classifier", "model": f"s3://{bucket}/models/classifier.pt", "crops": {"count": 1}},
+        evaluation={"type": "classifier", "model": f"s3://{bucket}/models/judge.pt", "crops": {"count": 0}},
         method={"name": "doodl", "sampler": {"steps": 3}, "doodl": {"iterations": 2}},
         input={"columns": {"id": "id", "target": "target"}}, resources={"batch_size": 4},
     ))
@@ -76,6 +79,8 @@ def test_tiny_model_job_on_s3(ray_session, s3_endpoint, tmp_path: Path):
         assert row["status"] == "ok" and row["attempts"] == 1 and len(row["history"]) >= 2
         assert row["image_uri"] == f"s3://{bucket}/out/images/{item_id}.png"
         assert Image.open(io.BytesIO(fs.cat_file(row["image_uri"]))).size == (16, 16)
+        scores = json.loads(row["scores"])
+        assert set(scores) == {"guide/classifier", "eval/classifier", "eval_initial/classifier"}
     keys = fs.find(bucket)
     assert all(k.startswith((f"{bucket}/out/", f"{bucket}/in/", f"{bucket}/models/")) for k in keys)
     assert not any("escape" in k for k in keys) and not fs.glob(f"{bucket}/out/results/parts/**")

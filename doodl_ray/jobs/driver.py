@@ -97,13 +97,21 @@ class _Slot:
 
 
 def target_check(spec: JobSpec, storage_options: dict[str, Any]) -> Optional[TargetCheck]:
-    """The guidance model's own target check, so bad targets are rejected before any actor starts."""
+    """The guidance (and evaluation) models' own target checks, so bad targets are rejected before any
+    actor starts."""
     columns = spec.input.columns
-    if spec.guidance is None or spec.processor.name != "engine" or (columns.target is None and columns.reference is None):
+    configs = [c for c in (spec.guidance, spec.evaluation) if c is not None]
+    if not configs or spec.processor.name != "engine" or (columns.target is None and columns.reference is None):
         return None
     from doodl_ray.guidance.spec import build_guidance
 
-    return build_guidance(spec.guidance, "cpu", storage_options).validate_target
+    checks = [build_guidance(config, "cpu", storage_options).validate_target for config in configs]
+
+    def check(target: Any, prompt: Optional[str]) -> Any:
+        normalized = [validate(target, prompt) for validate in checks]
+        return normalized[0] if spec.guidance is not None else target
+
+    return check
 
 
 def prepare(spec: JobSpec, check_targets: bool = True) -> InputPlan:

@@ -163,6 +163,10 @@ class JobSpec(StrictModel):
     input: InputConfig
     model: str = Field(description="Diffusion model: local folder, hub id, or s3:// folder.")
     guidance: Optional[GuidanceConfig] = Field(None, description="Guidance model; None: unguided.")
+    evaluation: Optional[GuidanceConfig] = Field(
+        None, description="Independent model that scores each result before and after (never guides); "
+        "its scores land in the results' `scores` column as eval/* and eval_initial/*.",
+    )
     method: MethodConfig = Field(MethodConfig(), description="Generation method and its parameters.")
     dtype: Optional[Literal["float32", "float16", "bfloat16"]] = Field(
         None, description="Model dtype; None: the engine's default for the device."
@@ -184,7 +188,7 @@ class JobSpec(StrictModel):
 
     def result_hash(self) -> str:
         """Fingerprint of the fields that decide the results; resume requires it to match."""
-        data = self.model_dump(mode="json", include={"input", "model", "guidance", "method", "dtype", "seed", "processor"})
+        data = self.model_dump(mode="json", include={"input", "model", "guidance", "evaluation", "method", "dtype", "seed", "processor"})
         data["shard_size"] = self.output.shard_size
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

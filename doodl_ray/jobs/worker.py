@@ -50,6 +50,7 @@ class NoopResult:
     best_iteration: int = 0
     history: list[float] = field(default_factory=list)
     terms: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -75,11 +76,10 @@ class EngineProcessor:
         import torch
 
         from doodl_ray.engine import Engine
-        from doodl_ray.guidance.spec import build_guidance
 
-        guidance = build_guidance(spec.guidance, device, storage_options) if spec.guidance else None
         dtype = getattr(torch, spec.dtype) if spec.dtype else None
-        self.engine = Engine(spec.model, guidance, spec.method, device=device, dtype=dtype, storage_options=storage_options)
+        self.engine = Engine(spec.model, spec.guidance, spec.method, device=device, dtype=dtype,
+                             storage_options=storage_options, evaluation=spec.evaluation)
 
     def _item(self, item: JobItem) -> Any:
         from doodl_ray.engine import Item
@@ -190,7 +190,8 @@ class JobWorker:
             row.update(
                 image_uri=uri, initial_loss=float(result.initial_loss), final_loss=float(result.final_loss),
                 best_iteration=int(result.best_iteration), history=[float(v) for v in result.history],
-                terms=json.dumps({k: float(v) for k, v in result.terms.items()}), started_at=started,
+                terms=json.dumps({k: float(v) for k, v in result.terms.items()}),
+                scores=json.dumps({k: float(v) for k, v in result.scores.items()}), started_at=started,
                 finished_at=now(), seconds=float(result.seconds), worker=self.name,
                 gpu_seconds=share * self.spec.resources.gpus_per_actor,
             )

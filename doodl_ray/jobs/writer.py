@@ -47,6 +47,7 @@ RESULT_SCHEMA = pa.schema([
     ("best_iteration", pa.int32()),
     ("history", pa.list_(pa.float64())),  # loss per iteration
     ("terms", pa.string()),  # JSON: final per-term losses
+    ("scores", pa.string()),  # JSON: readable scores, guide/* and, with an evaluation model, eval/*, eval_initial/*
     ("attempts", pa.int32()),
     ("error_type", pa.string()),
     ("error", pa.string()),
