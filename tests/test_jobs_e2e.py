@@ -64,10 +64,13 @@ def test_tiny_model_job_on_s3(ray_session, s3_endpoint, tmp_path: Path):
         guidance={"type": "classifier", "model": f"s3://{bucket}/models/classifier.pt", "crops": {"count": 1}},
         evaluation={"type": "classifier", "model": f"s3://{bucket}/models/judge.pt", "crops": {"count": 0}},
         method={"name": "doodl", "sampler": {"steps": 3}, "doodl": {"iterations": 2}},
-        input={"columns": {"id": "id", "target": "target"}}, resources={"batch_size": 4},
+        input={"columns": {"id": "id", "target": "target"}}, resources={"batch_size": 4, "gpu_hourly_price": 3.6},
     ))
     summary = run_job(spec, progress=False)
     assert (summary.ok, summary.failed, summary.rejected, summary.computed) == (22, 0, 2, 22)
+    assert summary.cost["items_done"] == 22 and summary.cost["gpu_seconds"] > 0
+    assert summary.cost["estimated_usd"] == pytest.approx(summary.cost["gpu_seconds"] / 1000)
+    assert "GPU" in summary.text()
 
     rows = read_results(fs, f"{bucket}/out")
     assert sorted(r["id"] for r in rows) == sorted(ids)
@@ -86,6 +89,7 @@ def test_tiny_model_job_on_s3(ray_session, s3_endpoint, tmp_path: Path):
     assert not any("escape" in k for k in keys) and not fs.glob(f"{bucket}/out/results/parts/**")
     manifest = json.loads(fs.cat_file(f"{bucket}/out/manifest.json"))
     assert manifest["state"] == "finished" and manifest["totals"]["ok"] == 22
+    assert manifest["cost"] == summary.cost
 
     out = io.StringIO()
     with redirect_stdout(out):

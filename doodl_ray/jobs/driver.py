@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from doodl_ray.cluster.metrics import RunMetrics
 from doodl_ray.errors import DoodlError, InvalidInput
 from doodl_ray.jobs.ledger import LedgerState, load_ledger
 from doodl_ray.jobs.reader import InputPlan, JobItem, TargetCheck, read_input
@@ -58,6 +59,7 @@ class RunSummary:
     computed: int
     resumed: int
     seconds: float
+    cost: dict[str, Any] = field(default_factory=dict)
 
     @property
     def items_per_s(self) -> float:
@@ -66,7 +68,12 @@ class RunSummary:
     def text(self) -> str:
         return (f"run {self.run_id}: {self.rows} rows -> {self.ok} ok, {self.failed} failed, {self.rejected} rejected; "
                 f"computed {self.computed} this run ({self.items_per_s:.2f} items/s over {self.seconds:.1f} s), "
-                f"{self.resumed} already done; results in {self.output}")
+                f"{self.resumed} already done; results in {self.output}" + self._cost_text())
+
+    def _cost_text(self) -> str:
+        if self.cost.get("estimated_usd") is None:
+            return ""
+        return f"; GPU {self.cost['gpu_seconds']:.0f} s ~ ${self.cost['estimated_usd']:.2f}"
 
 
 @dataclass(eq=False)
@@ -162,6 +169,7 @@ class Driver:
             "input_files": plan.files,
             "totals": {"rows": plan.rows, "items": len(plan.items), "rejected": len(plan.rejected),
                        "shards": len(plan.shard_ids), **self.counts},
+            "cost": self.metrics.cost(),
         }
 
     # ---- run -----------------------------------------------------------------------------------------
@@ -169,6 +177,7 @@ class Driver:
     def run(self) -> RunSummary:
         t0 = time.perf_counter()
         started = now().isoformat()
+        self.metrics = RunMetrics(self.spec.run_id, self.spec.resources.gpu_hourly_price)  # needs Ray up
         self._check_output()
         plan = prepare(self.spec)
         state = load_ledger(self.storage, plan, self.spec_hash, self.retry_failed)
@@ -183,7 +192,7 @@ class Driver:
         write_manifest(self.storage, self._manifest(plan, "finished", started, now().isoformat()))
         return RunSummary(self.spec.run_id, self.spec.output.uri, self.session, plan.rows, self.counts["ok"],
                           self.counts["failed"], self.counts["rejected"], self.computed, self.resumed,
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, self.metrics.cost())
 
     def _setup_shards(self, plan: InputPlan, state: LedgerState) -> list[JobItem]:
         """Shard bookkeeping from the ledger; finalizes shards with nothing left; returns the items to run."""
@@ -222,6 +231,10 @@ class Driver:
             return  # already final (a duplicate report after a restart)
         self.shard_rows[item.shard][item.id] = row
         self.counts[row["status"]] += 1
+        if row["status"] == "ok":
+            self.metrics.item_done(row.get("seconds"), row.get("gpu_seconds"))
+        elif row["status"] == "failed":
+            self.metrics.item_failed()
         self.computed += 1
         self.remaining[item.shard] -= 1
         if self.remaining[item.shard] == 0:

@@ -120,6 +120,10 @@ class ResourcesConfig(StrictModel):
     inflight_per_actor: int = Field(
         2, ge=1, description="Batches queued on each actor at once: 2 hides the dispatch round trip."
     )
+    gpu_hourly_price: Optional[float] = Field(
+        None, ge=0, description="Price of one GPU hour in USD (e.g. 1.01 for an on-demand g5.xlarge), for the "
+        "run's cost estimate in the manifest, the summary and the metrics; None: no estimate.",
+    )
 
 
 class RetryConfig(StrictModel):
