@@ -46,3 +46,14 @@ def test_guidance_spec_file_errors(tmp_path):
         load_guidance_spec(bare)
     with pytest.raises(InvalidInput):
         load_guidance_spec(tmp_path / "missing.yaml")
+
+
+def test_only_classifier_targets_need_the_model_to_validate():
+    from doodl_ray.guidance.spec import needs_model_to_validate, parse_guidance_config
+
+    clip = {"type": "clip-text", "models": [{"model": "ViT-B-32", "pretrained": "openai"}]}
+    classifier = {"type": "classifier", "model": "timm:resnet18", "num_classes": 10, "weights": "w.safetensors"}
+    assert not needs_model_to_validate(parse_guidance_config(clip))
+    assert needs_model_to_validate(parse_guidance_config(classifier))
+    mixed = {"type": "combination", "terms": [{"weight": 1, "guidance": clip}, {"weight": 1, "guidance": classifier}]}
+    assert needs_model_to_validate(parse_guidance_config(mixed))

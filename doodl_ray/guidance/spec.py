@@ -218,6 +218,13 @@ def check_guidance(config: Any, storage_options: dict | None = None) -> None:
         raise TypeError(f"no checks for guidance spec {type(config).__name__}")
 
 
+def needs_model_to_validate(config: Any) -> bool:
+    """Whether checking an item's target needs the model itself (a classifier's labels and class count)."""
+    if isinstance(config, CombinationGuidanceConfig):
+        return any(needs_model_to_validate(term.guidance) for term in config.terms)
+    return isinstance(config, ClassifierGuidanceConfig)
+
+
 def build_guidance(config: Any, device: torch.device | str = "cpu", storage_options: dict | None = None) -> Guidance:
     """Load the frozen guidance model a spec names, on `device` (checks the spec first)."""
     opts = storage_options or {}

@@ -105,18 +105,23 @@ class _Slot:
 
 def target_check(spec: JobSpec, storage_options: dict[str, Any]) -> Optional[TargetCheck]:
     """The guidance (and evaluation) models' own target checks, so bad targets are rejected before any
-    actor starts."""
-    columns = spec.input.columns
+    actor starts. Every spec gets the static checks (names, files, references); only classifier guides are
+    loaded here, since class names and counts need the model. Other targets (texts, reference images) are
+    checked by each worker before it generates, and a bad one is still recorded as a rejected row."""
+    from doodl_ray.guidance.spec import build_guidance, check_guidance, needs_model_to_validate
+
     configs = [c for c in (spec.guidance, spec.evaluation) if c is not None]
+    for config in configs:
+        check_guidance(config, storage_options)
+    columns = spec.input.columns
+    configs = [c for c in configs if needs_model_to_validate(c)]
     if not configs or spec.processor.name != "engine" or (columns.target is None and columns.reference is None):
         return None
-    from doodl_ray.guidance.spec import build_guidance
-
     checks = [build_guidance(config, "cpu", storage_options).validate_target for config in configs]
 
     def check(target: Any, prompt: Optional[str]) -> Any:
         normalized = [validate(target, prompt) for validate in checks]
-        return normalized[0] if spec.guidance is not None else target
+        return normalized[0] if spec.guidance is not None and needs_model_to_validate(spec.guidance) else target
 
     return check
 
