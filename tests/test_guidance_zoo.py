@@ -99,3 +99,16 @@ def test_bad_classifier_specs_fail_at_parse_or_load(tmp_path):
         load(model="timm:test_resnet", num_classes=5)
     with pytest.raises(ModelLoadError):  # checkpoint head (5) and requested head (3) disagree
         load(model="timm:test_resnet", weights=str(save_timm(tmp_path / "r.safetensors")), num_classes=3)
+
+
+def test_one_channel_torchscript_classifier_through_the_spec(tmp_path):
+    """A grayscale TorchScript classifier (its metadata says 1 channel) builds from a spec and scores images."""
+    import torch
+
+    from doodl_ray.guidance.spec import build_guidance, parse_guidance_config
+    from tests.tiny_models import save_tiny_classifier
+
+    path = save_tiny_classifier(tmp_path / "gray.pt", channels=1, classes=10, size=16)
+    guide = build_guidance(parse_guidance_config({"type": "classifier", "model": str(path)}))
+    assert guide.num_classes == 10
+    assert guide.loss(torch.rand(2, 1, 16, 16), [3, 4], None).shape == (2,)

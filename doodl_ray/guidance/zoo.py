@@ -114,8 +114,11 @@ def load_classifier(
             raise ModelLoadError(f"could not load classifier {config.model}: {type(exc).__name__}: {exc}") from None
     model = parts.model.to(device).eval()  # ClassifierGuidance freezes it; eval now for the probe
     input_size = tuple(config.input_size or parts.input_size)
-    with torch.no_grad():
-        num_classes = model(torch.zeros(1, 3, *input_size, device=device)).shape[-1]
+    if source == "torchscript":
+        num_classes = loaded.num_classes  # probed by the loader with the channel count from its metadata
+    else:
+        with torch.no_grad():
+            num_classes = model(torch.zeros(1, 3, *input_size, device=device)).shape[-1]
     labels = config.labels or parts.labels
     if labels is not None and len(labels) != num_classes:
         raise ModelLoadError(f"classifier {config.model} has {num_classes} classes but {len(labels)} labels")
