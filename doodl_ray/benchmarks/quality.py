@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig
+from doodl_ray.contact_sheet import contact_sheet
 from doodl_ray.digits import ASSETS_DIR
 from doodl_ray.digits.data import RARE_CLASSES, load_split, nearest_train_distance
 from doodl_ray.engine import Engine, Item
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     }
     print(table(report))
     sheet = args.sheet or Path("out") / f"quality-{args.setting}.png"
-    contact_sheet(outcomes, items, targets, sheet)
+    sheet.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(sheet_rows(outcomes, items, targets), [str(t) for t in targets]).save(sheet)
     print(f"contact sheet: {sheet}")
     if args.json:
         print(json.dumps(report))
@@ -131,23 +133,8 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def contact_sheet(outcomes: dict[str, Outcome], items: list[Item], targets: list[int], path: Path, scale: int = 4) -> None:
-    """Rows = methods, columns = targets (each target's first seed), labelled."""
-    from PIL import Image, ImageDraw
-
+def sheet_rows(outcomes: dict[str, Outcome], items: list[Item], targets: list[int]) -> list[tuple[str, list[np.ndarray]]]:
+    """Rows = methods, columns = targets (each target's first seed)."""
     first = [next(i for i, item in enumerate(items) if item.target == t) for t in targets]
-    _, _, h, w = next(iter(outcomes.values())).images.shape
-    cell, label_width, header = h * scale + 4, 150, 16
-    sheet = Image.new("RGB", (label_width + cell * len(targets), header + cell * len(outcomes)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for col, target in enumerate(targets):
-        draw.text((label_width + col * cell + cell // 2 - 3, 2), str(target), fill="black")
-    for row, (name, outcome) in enumerate(outcomes.items()):
-        y = header + row * cell
-        draw.text((4, y + cell // 2 - 6), name, fill="black")
-        for col, index in enumerate(first):
-            pixels = (outcome.images[index].permute(1, 2, 0).squeeze(-1).numpy() * 255).round().astype(np.uint8)
-            tile = Image.fromarray(pixels).convert("RGB").resize((w * scale, h * scale), Image.NEAREST)
-            sheet.paste(tile, (label_width + col * cell + 2, y + 2))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    return [(name, [(o.images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for i in first])
+            for name, o in outcomes.items()]

@@ -1,0 +1,63 @@
+"""`doodl-ray sheet OUTPUT_URI`: a contact sheet of a job's finished images, one column per value of a
+result field (default: target) and one row per value of another (default: seed)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from doodl_ray.errors import InvalidInput
+from doodl_ray.jobs.spec import StorageConfig
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("sheet", help="contact sheet of a job's images", description=__doc__)
+    parser.add_argument("output", help="the job's output URI (local folder or s3:// prefix)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--columns", default="target", help="result field whose values are the columns")
+    parser.add_argument("--rows", default="seed", help="result field whose values are the rows")
+    parser.add_argument("--max-rows", type=int, default=8)
+    parser.add_argument("--endpoint-url", help="S3 endpoint (default: the AWS chain, e.g. AWS_ENDPOINT_URL)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from doodl_ray.contact_sheet import contact_sheet
+    from doodl_ray.jobs.storage import Storage
+    from doodl_ray.jobs.writer import image_key, read_rows
+
+    storage = Storage(args.output, StorageConfig(endpoint_url=args.endpoint_url).fsspec_options(args.output))
+    rows = [r for key in storage.list("results", ".parquet") if "/parts/" not in key
+            for r in read_rows(storage, key) if r["status"] == "ok"]
+    if not rows:
+        raise InvalidInput(f"{args.output} has no finished images yet (no done shards with ok rows)")
+    for field in (args.columns, args.rows):
+        if field not in rows[0]:
+            raise InvalidInput(f"results have no field {field!r}; fields: {', '.join(sorted(rows[0]))}")
+    columns = sorted({r[args.columns] for r in rows}, key=_natural)
+    row_values = sorted({r[args.rows] for r in rows}, key=_natural)[: args.max_rows]
+    by_cell = {(r[args.rows], r[args.columns]): r["id"] for r in rows}
+
+    def image(item_id: str | None) -> np.ndarray | None:
+        if item_id is None:
+            return None
+        with Image.open(io.BytesIO(storage.read_bytes(image_key(item_id)))) as png:
+            return np.asarray(png.convert("L" if png.mode == "L" else "RGB"))
+
+    grid = [(f"{args.rows} {v}", [image(by_cell.get((v, c))) for c in columns]) for v in row_values]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(grid, [str(c) for c in columns]).save(args.out)
+    print(f"wrote {args.out}: {len(grid)} rows x {len(columns)} columns")
+    return 0
+
+
+def _natural(value: object) -> tuple:
+    """Numbers in numeric order, then everything else as text."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
