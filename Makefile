@@ -17,6 +17,7 @@ install: $(BIN)/python
 
 demo: install
 	$(BIN)/doodl-ray run jobs/digits-demo.yaml
+	$(BIN)/doodl-ray sheet out/digits-demo --out out/digits-demo/contact-sheet.png
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -110,30 +110,31 @@ class Engine:
         eps = self._eps(items)
         method, sampler = self.method, self.method.sampler
         best_iteration = [0] * len(items)
-        if method.name != "doodl":
-            initial_image = self._sample(noise, eps)
-            initial = self._score(initial_image, targets)
-        if method.name == "none":
-            image, history = initial_image, torch.stack([initial, initial])
-        elif method.name == "one-step":
-            guided = one_step_guided_eps(
-                eps, self.diffusion.decode, self.diffusion.alphas_cumprod,
-                lambda im: self.guidance.loss(im, targets, generators), method.guidance_scale, method.normalize_gradient,
-            )
-            image = self._sample(noise, guided)
-            history = torch.stack([initial, self._score(image, targets)])
-        elif method.name == "best-of-n":
-            image, best_iteration, final = self._best_of_n(items, eps, targets, initial_image, initial)
-            history = torch.stack([initial, final])
-        else:
+        if method.name == "doodl":
             result = doodl(
                 noise, self.schedule, eps, self._chain_loss(targets, generators),
                 lambda im: self._score(im, targets), self.diffusion.decode, method.doodl, generators,
                 sampler.mix, sampler.leapfrog,
             )
-            image, history, best_iteration = result.image, result.history, result.best_iteration.tolist()
-            initial_image, initial = result.first_image, result.history[0]
+            image, initial_image, history = result.image, result.first_image, result.history
+            initial, best_iteration = history[0], result.best_iteration.tolist()
+        else:
+            initial_image = self._sample(noise, eps)
+            initial = self._score(initial_image, targets)
+            if method.name == "none":
+                image = initial_image
+            elif method.name == "one-step":
+                guided = one_step_guided_eps(
+                    eps, self.diffusion.decode, self.diffusion.alphas_cumprod,
+                    lambda im: self.guidance.loss(im, targets, generators), method.guidance_scale,
+                    method.normalize_gradient,
+                )
+                image = self._sample(noise, guided)
+            else:
+                image, best_iteration = self._best_of_n(items, eps, targets, initial_image, initial)
         final = self._score(image, targets)
+        if method.name != "doodl":
+            history = torch.stack([initial, final])
         terms = self._terms(image, targets)
         scores = self._scores(items, image, initial_image)
         seconds = (time.perf_counter() - start) / len(items)
@@ -208,7 +209,7 @@ class Engine:
             best_score = torch.where(better, score, best_score)
             best_image[better.to(best_image.device)] = image[better.to(image.device)]
             best_index = [j if b else i for i, b in zip(best_index, better.tolist())]
-        return best_image, best_index, best_score
+        return best_image, best_index
 
 
 def candidate_seed(seed: int, j: int) -> int:

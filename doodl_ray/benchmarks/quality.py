@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assets", type=Path, default=ASSETS_DIR, help="folder with balanced/, rare/, guide.pt, judge.pt")
     parser.add_argument("--targets", type=int, nargs="+", help="default: all digits (balanced), the rare ones (rare)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per target")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps for every method")
+    parser.add_argument("--steps", type=int, default=30, help="DDIM steps for every method")
     parser.add_argument("--iterations", type=int, nargs="+", default=[10, 25], help="DOODL budgets")
     parser.add_argument("--optimizer", choices=["reference", "normalized", "adam"], default="normalized")
     parser.add_argument("--lr", type=float, default=DoodlConfig().lr)
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realism-weight", type=float, default=DoodlConfig().realism_weight)
     parser.add_argument("--raw-scales", type=float, nargs="+", default=[1.0, 10.0, 100.0],
                         help="one-step guidance scales on the raw gradient")
-    parser.add_argument("--normalized-scales", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0],
+    parser.add_argument("--normalized-scales", type=float, nargs="+", default=[0.1, 0.2, 0.5, 1.0],
                         help="one-step guidance scales on the per-image normalized gradient")
     parser.add_argument("--crops", type=int, default=8, help="multi-crop augmentation for the guide")
     parser.add_argument("--max-candidates", type=int, default=512, help="cap on best-of-N's N")
