@@ -32,11 +32,12 @@ PERMANENT_ERRORS = (InvalidInput, NonFiniteLoss)
 
 
 class Processor(Protocol):
-    """What a worker runs. Results carry doodl_ray.engine.ItemResult's fields."""
+    """What a worker runs. `validate` checks an item and returns what `run` takes for it (anything with the
+    item's `id`), so an item is prepared once; results carry doodl_ray.engine.ItemResult's fields."""
 
-    def validate(self, item: JobItem) -> None: ...
+    def validate(self, item: JobItem) -> Any: ...
 
-    def run(self, items: list[JobItem]) -> Sequence[Any]: ...
+    def run(self, items: list[Any]) -> Sequence[Any]: ...
 
 
 @dataclass
@@ -61,8 +62,8 @@ class NoopProcessor:
         self.seconds = float(seconds)
         self.blank = np.zeros((size, size, channels), dtype=np.uint8)
 
-    def validate(self, item: JobItem) -> None:
-        pass
+    def validate(self, item: JobItem) -> JobItem:
+        return item
 
     def run(self, items: list[JobItem]) -> list[NoopResult]:
         time.sleep(self.seconds * len(items))
@@ -87,11 +88,12 @@ class EngineProcessor:
         target = item.target if item.target is not None else item.reference
         return Item(id=item.id, seed=item.seed, prompt=item.prompt, target=target, class_label=item.class_label)
 
-    def validate(self, item: JobItem) -> None:
-        self.engine.validate(self._item(item))
+    def validate(self, item: JobItem) -> Any:
+        """The engine's item with its target normalized (reference images read once, here)."""
+        return self.engine.validate(self._item(item))
 
-    def run(self, items: list[JobItem]) -> list[Any]:
-        return self.engine.run([self.engine.validate(self._item(i)) for i in items])
+    def run(self, items: list[Any]) -> list[Any]:
+        return self.engine.run(items)
 
 
 def pick_device(gpus: float) -> str:
@@ -165,18 +167,17 @@ class JobWorker:
     def process(self, batch: list[tuple[JobItem, int]]) -> list[Outcome]:
         """Run one batch; `batch` pairs each item with its attempt number (1-based)."""
         outcomes: dict[str, Outcome] = {}
-        valid: list[tuple[JobItem, int]] = []
+        valid: list[tuple[JobItem, Any, int]] = []
         for item, attempt in batch:
             try:
-                self.processor.validate(item)
-                valid.append((item, attempt))
+                valid.append((item, self.processor.validate(item), attempt))
             except Exception as exc:
                 outcomes[item.id] = Outcome.failure(item.id, exc)
         started = now()
         clock = time.perf_counter()
-        results = self._run([item for item, _ in valid])
+        results = self._run([prepared for _, prepared, _ in valid])
         share = (time.perf_counter() - clock) / max(1, len(valid))
-        for item, attempt in valid:
+        for item, _, attempt in valid:
             result = results[item.id]
             if isinstance(result, BaseException):
                 outcomes[item.id] = Outcome.failure(item.id, result)
@@ -199,7 +200,7 @@ class JobWorker:
         self._persist([o for o in outcomes.values() if o.row is not None], {i.id: i.shard for i, _ in batch})
         return [outcomes[item.id] for item, _ in batch]
 
-    def _run(self, items: list[JobItem]) -> dict[str, Any]:
+    def _run(self, items: list[Any]) -> dict[str, Any]:
         """Results (or exceptions) by id; a batch that fails is rerun one item at a time to find the culprit."""
         if not items:
             return {}
