@@ -1,5 +1,6 @@
 """`doodl-ray sheet OUTPUT_URI`: a contact sheet of a job's finished images, one column per value of a
-result field (default: target) and one row per value of another (default: seed)."""
+result field (default: target); row k holds each column's k-th image in id order, or, with --rows FIELD,
+one row per value of that field."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("output", help="the job's output URI (local folder or s3:// prefix)")
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--columns", default="target", help="result field whose values are the columns")
-    parser.add_argument("--rows", default="seed", help="result field whose values are the rows")
+    parser.add_argument("--rows", help="result field whose values are the rows (default: k-th image per column)")
     parser.add_argument("--max-rows", type=int, default=8)
     parser.add_argument("--endpoint-url", help="S3 endpoint (default: the AWS chain, e.g. AWS_ENDPOINT_URL)")
     parser.set_defaults(func=run)
@@ -36,11 +37,20 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         raise InvalidInput(f"{args.output} has no finished images yet (no done shards with ok rows)")
     for field in (args.columns, args.rows):
-        if field not in rows[0]:
+        if field is not None and field not in rows[0]:
             raise InvalidInput(f"results have no field {field!r}; fields: {', '.join(sorted(rows[0]))}")
     columns = sorted({r[args.columns] for r in rows}, key=_natural)
-    row_values = sorted({r[args.rows] for r in rows}, key=_natural)[: args.max_rows]
-    by_cell = {(r[args.rows], r[args.columns]): r["id"] for r in rows}
+    rank: dict[object, int] = {}
+    by_cell = {}
+    for r in sorted(rows, key=lambda r: r["id"]):
+        if args.rows:
+            row_key = f"{args.rows} {r[args.rows]}"
+        else:
+            rank[r[args.columns]] = rank.get(r[args.columns], 0) + 1
+            row_key = f"#{rank[r[args.columns]]}"
+        by_cell[(row_key, r[args.columns])] = r["id"]
+    row_values = sorted({key for key, _ in by_cell}, key=lambda k: _natural(k.split(" ")[-1].lstrip("#")))
+    row_values = row_values[: args.max_rows]
 
     def image(item_id: str | None) -> np.ndarray | None:
         if item_id is None:
@@ -48,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         with Image.open(io.BytesIO(storage.read_bytes(image_key(item_id)))) as png:
             return np.asarray(png.convert("L" if png.mode == "L" else "RGB"))
 
-    grid = [(f"{args.rows} {v}", [image(by_cell.get((v, c))) for c in columns]) for v in row_values]
+    grid = [(v, [image(by_cell.get((v, c))) for c in columns]) for v in row_values]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(grid, [str(c) for c in columns]).save(args.out)
     print(f"wrote {args.out}: {len(grid)} rows x {len(columns)} columns")
