@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from doodl_ray.doodl import images01
+from doodl_ray.doodl import images01, unit_rms
 from doodl_ray.edict import EpsFn
 
 
@@ -31,7 +31,7 @@ def one_step_guided_eps(
             x0 = (z_leaf - (1 - abar) ** 0.5 * e) / abar**0.5
             (grad,) = torch.autograd.grad(loss(images01(decode(x0))).sum(), z_leaf)
         if normalize:
-            grad = grad / grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-30).view(-1, *[1] * (grad.ndim - 1))
+            grad = unit_rms(grad)
         return e.detach() + scale * (1 - abar) ** 0.5 * grad
 
     return guided

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class StrictModel(BaseModel):
     """Base for every spec: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validation_problems(exc: ValidationError, top: str) -> str:
+    """Every problem of a ValidationError as 'field.path: message' on one line (`top` names the root)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or top}: {e['msg']}" for e in exc.errors(include_url=False))
 
 
 class SamplerConfig(StrictModel):

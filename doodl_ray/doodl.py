@@ -48,8 +48,7 @@ class NoiseUpdate:
             self.buffer = c.momentum * self.buffer + step
             return z + self.buffer + c.noise * _per_item_randn(z, self.generators)
         if c.optimizer == "normalized":
-            rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-30).view(-1, *[1] * (grad.ndim - 1))
-            return z - c.lr * grad / rms
+            return z - c.lr * unit_rms(grad)
         self.param.data.copy_(z)
         self.param.grad = grad.to(self.param.dtype)
         self.adam.step()
@@ -99,6 +98,11 @@ def doodl(
 def images01(decoded: Tensor) -> Tensor:
     """Decoder output in [-1, 1] -> image in [0, 1]."""
     return ((decoded + 1) / 2).clamp(0, 1)
+
+
+def unit_rms(t: Tensor) -> Tensor:
+    """Each item scaled to unit root-mean-square, so a step size means the same at every noise level."""
+    return t / t.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-30).view(-1, *[1] * (t.ndim - 1))
 
 
 def _norms(z: Tensor) -> Tensor:

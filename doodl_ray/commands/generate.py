@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig
+from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig, validation_problems
 from doodl_ray.errors import InvalidInput
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -56,7 +56,7 @@ def method_from_args(args: argparse.Namespace) -> MethodConfig:
             doodl=DoodlConfig(iterations=args.iterations, optimizer=args.optimizer, lr=args.lr, gradient=args.gradient),
         )
     except ValidationError as exc:
-        raise InvalidInput(_validation_message(exc)) from None
+        raise InvalidInput(validation_problems(exc, "method")) from None
 
 
 def guidance_from_args(args: argparse.Namespace):
@@ -110,8 +110,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} and {history_path}")
     return 0
 
-
-def _validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}" if where else first["msg"]

@@ -14,7 +14,7 @@ import torch
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from doodl_ray.config import StrictModel
+from doodl_ray.config import StrictModel, validation_problems
 from doodl_ray.errors import InvalidInput
 from doodl_ray.guidance.base import Guidance
 from doodl_ray.guidance.crops import MultiCrop
@@ -172,10 +172,7 @@ def parse_guidance_config(data: Any) -> Any:
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'guidance'}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise InvalidInput(f"bad guidance spec: {problems}") from None
+        raise InvalidInput(f"bad guidance spec: {validation_problems(exc, 'guidance')}") from None
 
 
 def load_guidance_spec(path: str | Path) -> Any:

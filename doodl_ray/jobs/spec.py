@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
-from doodl_ray.config import MethodConfig, StrictModel
+from doodl_ray.config import MethodConfig, StrictModel, validation_problems
 from doodl_ray.errors import InvalidInput
 from doodl_ray.guidance.spec import GuidanceConfig
 
@@ -225,10 +225,7 @@ def parse_spec(data: Any, source: str = "job spec") -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise InvalidInput(f"{source}: {problems}") from None
+        raise InvalidInput(f"{source}: {validation_problems(exc, '(top)')}") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
