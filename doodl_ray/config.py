@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class StrictModel(BaseModel):
@@ -46,12 +46,30 @@ class DoodlConfig(StrictModel):
     gradient: Literal["checkpoint", "reversible"] = Field(
         "checkpoint", description="How each step's input is recovered in the backward pass."
     )
-    realism_weight: float = Field(
+    prior_weight: float = Field(
         0.0,
         ge=0,
-        description="Best-iterate selection penalty on the mean squared pixel change from the unguided image "
-        "(guards against over-optimization; 0 selects by guidance loss alone).",
+        description="Weight of the diffusion prior (the model's own denoising error on the result, an ELBO "
+        "term) added to the guidance loss: keeps the optimized image on the data. 0: off (the reference).",
     )
+    prior_selection: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the diffusion prior in choosing the best iterate (guidance loss + weight * "
+        "prior): among iterates the guide likes, the most likely under the model. 0: guidance loss alone.",
+    )
+    prior_levels: tuple[float, ...] = Field(
+        (0.3, 0.5, 0.7),
+        min_length=1,
+        description="Noise levels of the prior, as fractions of the model's training timesteps.",
+    )
+
+    @field_validator("prior_levels")
+    @classmethod
+    def _levels_in_range(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(0 < level < 1 for level in levels):
+            raise ValueError("every prior level must be in (0, 1)")
+        return levels
 
 
 class MethodConfig(StrictModel):

@@ -2,7 +2,8 @@
 
 Each iteration runs the whole EDICT chain, scores the decoded image (unaugmented, for the history and
 best-iterate choice), back-propagates the augmented loss through the sampler (`gradient.py`), and
-updates the noise; the noise is renormalized to its initial norm so it stays on the typical-noise shell."""
+updates the noise; the noise is renormalized to its initial norm so it stays on the typical-noise shell.
+An optional diffusion prior (`prior.py`) joins the optimized loss and/or the best-iterate choice."""
 
 from __future__ import annotations
 
@@ -58,41 +59,57 @@ class NoiseUpdate:
 def doodl(
     noise: Tensor, schedule: DDIMSchedule, eps: EpsFn, chain_loss: ChainLoss, score: Score,
     decode: Callable[[Tensor], Tensor], config: DoodlConfig, generators: Sequence[torch.Generator],
-    p: float, leapfrog: bool = True,
+    p: float, leapfrog: bool = True, prior: Callable[[Tensor], Tensor] | None = None,
 ) -> DoodlResult:
-    """Run `config.iterations` updates from `noise` and return each item's best iterate."""
+    """Run `config.iterations` updates from `noise` and return each item's best iterate: the lowest
+    guidance loss, plus `config.prior_selection` times the prior where one is given."""
+    if prior is None and (config.prior_weight or config.prior_selection):
+        raise ValueError("prior_weight / prior_selection need a diffusion prior")
+    if config.prior_weight:
+        chain_loss = with_prior(chain_loss, prior, config.prior_weight)
     z = noise.clone()
     norm0 = _norms(z)
     update = NoiseUpdate(z, config, generators)
     history, first_image = [], None
-    best_value = torch.full((z.shape[0],), float("inf"), dtype=torch.float64, device=z.device)
+    best_value = torch.full((z.shape[0],), float("inf"), dtype=torch.float64)  # on the CPU, like the scores
     best_image, best_noise = None, z.clone()
     best_iteration = torch.zeros(z.shape[0], dtype=torch.long)
     for m in range(config.iterations + 1):
         if m < config.iterations:
             step = chain_gradient(z, schedule, eps, chain_loss, p, leapfrog, config.gradient)
-            image, grad = step.image, step.grad
+            image, grad, x0 = step.image, step.grad, step.x0
         else:
             with torch.no_grad():
                 x0, _ = edict_sample(z, z, schedule, eps, p, leapfrog)
                 image = images01(decode(x0))
         with torch.no_grad():
-            loss = score(image).to(torch.float64)
+            loss = score(image).to("cpu", torch.float64)
+            selection = loss
+            if config.prior_selection:
+                selection = loss + config.prior_selection * prior(x0).to("cpu", torch.float64)
         if not torch.isfinite(loss).all() or (m < config.iterations and not torch.isfinite(grad).all()):
             bad = [i for i in range(len(loss)) if not torch.isfinite(loss[i])]
             raise NonFiniteLoss(f"non-finite guidance loss or gradient at iteration {m} (items {bad or 'all'})")
         first_image = image if first_image is None else first_image
-        history.append(loss.cpu())
-        selection = loss + config.realism_weight * (image - first_image).pow(2).flatten(1).mean(1).to(loss.dtype)
+        history.append(loss)
         better = selection < best_value
         best_value = torch.where(better, selection, best_value)
         best_image = image.clone() if best_image is None else torch.where(_expand(better, image), image, best_image)
         best_noise = torch.where(_expand(better, z), z, best_noise)
-        best_iteration[better.cpu()] = m
+        best_iteration[better] = m
         if m < config.iterations:
             z = update(z, grad)
             z = z * (norm0 / _norms(z))
     return DoodlResult(best_image, first_image, best_noise, torch.stack(history), best_iteration)
+
+
+def with_prior(chain_loss: ChainLoss, prior: Callable[[Tensor], Tensor], weight: float) -> ChainLoss:
+    """The chain loss plus `weight` times the prior of the final latents (its gradient goes through the sampler)."""
+    def loss_with_prior(z0: Tensor) -> tuple[Tensor, Tensor]:
+        loss, image = chain_loss(z0)
+        return loss + weight * prior(z0).to(loss.dtype), image
+
+    return loss_with_prior
 
 
 def images01(decoded: Tensor) -> Tensor:

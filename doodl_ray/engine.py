@@ -22,6 +22,7 @@ from doodl_ray.edict import EpsFn, edict_sample
 from doodl_ray.errors import InvalidInput
 from doodl_ray.guidance.base import Guidance, evaluate
 from doodl_ray.models import load_diffusion
+from doodl_ray.prior import DiffusionPrior
 from doodl_ray.schedule import ddim_schedule
 
 GUIDED_METHODS = ("doodl", "one-step", "best-of-n")
@@ -114,7 +115,7 @@ class Engine:
             result = doodl(
                 noise, self.schedule, eps, self._chain_loss(targets, generators),
                 lambda im: self._score(im, targets), self.diffusion.decode, method.doodl, generators,
-                sampler.mix, sampler.leapfrog,
+                sampler.mix, sampler.leapfrog, self._prior(eps),
             )
             image, initial_image, history = result.image, result.first_image, result.history
             initial, best_iteration = history[0], result.best_iteration.tolist()
@@ -161,6 +162,14 @@ class Engine:
     def _sample(self, noise: Tensor, eps: EpsFn) -> Tensor:
         x0, _ = edict_sample(noise, noise, self.schedule, eps, self.method.sampler.mix, self.method.sampler.leapfrog)
         return images01(self.diffusion.decode(x0))
+
+    def _prior(self, eps: EpsFn) -> DiffusionPrior | None:
+        config = self.method.doodl
+        if not (config.prior_weight or config.prior_selection):
+            return None
+        return DiffusionPrior(
+            eps, self.diffusion.alphas_cumprod, config.prior_levels, self.latent_shape, self.device, self.coupling_dtype
+        )
 
     def _chain_loss(self, targets: list, generators: Sequence[torch.Generator]):
         scale = self.method.guidance_scale

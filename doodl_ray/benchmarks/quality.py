@@ -2,7 +2,8 @@
 
 Every method starts from the same initial noise per (target, seed) and is guided by the same guide
 classifier: no guidance, one-step x0-estimate guidance (a sweep of scales, raw and normalized), DOODL
-(a few iteration budgets), and best-of-N with N set so its seconds per image match DOODL's largest budget.
+(a few iteration budgets, without and with the diffusion prior in its loss), and best-of-N with N set so its
+seconds per image match DOODL's slowest run at its largest budget.
 An independent judge (other architecture, other seed, never used for guidance) decides correctness;
 realistic-and-correct also requires the nearest-training-image distance to be within tau, the 95th
 percentile of that distance over real test images."""
@@ -37,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=["reference", "normalized", "adam"], default="normalized")
     parser.add_argument("--lr", type=float, default=DoodlConfig().lr)
     parser.add_argument("--doodl-scale", type=float, default=1.0, help="DOODL guidance loss scale")
-    parser.add_argument("--realism-weight", type=float, default=DoodlConfig().realism_weight)
+    parser.add_argument("--prior-weights", type=float, nargs="+", default=[0.0, 20.0],
+                        help="DOODL runs at every budget with each weight of the diffusion prior in its loss "
+                             "(0: the reference method, guide loss alone)")
+    parser.add_argument("--prior-selection", type=float, default=DoodlConfig().prior_selection,
+                        help="weight of the diffusion prior in DOODL's best-iterate choice")
     parser.add_argument("--raw-scales", type=float, nargs="+", default=[1.0, 10.0, 100.0],
                         help="one-step guidance scales on the raw gradient")
     parser.add_argument("--normalized-scales", type=float, nargs="+", default=[0.1, 0.2, 0.5, 1.0],
@@ -81,12 +86,13 @@ def run(args: argparse.Namespace) -> int:
     for scale in args.normalized_scales:
         outcomes[f"one-step norm s={scale:g}"] = generate(MethodConfig(
             name="one-step", guidance_scale=scale, normalize_gradient=True, sampler=sampler))
-    for iterations in args.iterations:
-        outcomes[f"doodl {iterations} it"] = generate(MethodConfig(
-            name="doodl", guidance_scale=args.doodl_scale, sampler=sampler,
-            doodl=DoodlConfig(iterations=iterations, optimizer=args.optimizer, lr=args.lr,
-                              realism_weight=args.realism_weight)))
-    doodl_seconds = outcomes[f"doodl {max(args.iterations)} it"].sec_per_image
+    for prior_weight in args.prior_weights:
+        for iterations in args.iterations:
+            outcomes[doodl_name(iterations, prior_weight)] = generate(MethodConfig(
+                name="doodl", guidance_scale=args.doodl_scale, sampler=sampler,
+                doodl=DoodlConfig(iterations=iterations, optimizer=args.optimizer, lr=args.lr,
+                                  prior_weight=prior_weight, prior_selection=args.prior_selection)))
+    doodl_seconds = max(outcomes[doodl_name(max(args.iterations), w)].sec_per_image for w in args.prior_weights)
     n = int(min(args.max_candidates, max(1, round(doodl_seconds / outcomes["none"].sec_per_image))))
     outcomes[f"best-of-{n}"] = generate(MethodConfig(name="best-of-n", candidates=n, sampler=sampler))
 
@@ -103,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     return 0
+
+
+def doodl_name(iterations: int, prior_weight: float) -> str:
+    return f"doodl {iterations} it" + (f" + prior {prior_weight:g}" if prior_weight else "")
 
 
 @torch.no_grad()

@@ -33,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=["reference", "normalized", "adam"], default="reference")
     p.add_argument("--lr", type=float, default=DoodlConfig().lr)
     p.add_argument("--gradient", choices=["checkpoint", "reversible"], default="checkpoint")
+    p.add_argument("--prior-weight", type=float, default=DoodlConfig().prior_weight,
+                   help="DOODL: weight of the diffusion prior (the model's own denoising error) in the loss")
+    p.add_argument("--prior-selection", type=float, default=DoodlConfig().prior_selection,
+                   help="DOODL: weight of the diffusion prior in choosing the best iterate")
     p.add_argument("--guidance-scale", type=float, default=MethodConfig().guidance_scale)
     p.add_argument("--candidates", type=int, default=MethodConfig().candidates, help="best-of-n: samples")
     p.add_argument("--steps", type=int, default=SamplerConfig().steps)
@@ -53,7 +57,8 @@ def method_from_args(args: argparse.Namespace) -> MethodConfig:
             name=args.method, guidance_scale=args.guidance_scale, candidates=args.candidates,
             sampler=SamplerConfig(steps=args.steps, cfg_scale=args.cfg_scale, mix=args.mix,
                                   height=args.height, width=args.width),
-            doodl=DoodlConfig(iterations=args.iterations, optimizer=args.optimizer, lr=args.lr, gradient=args.gradient),
+            doodl=DoodlConfig(iterations=args.iterations, optimizer=args.optimizer, lr=args.lr, gradient=args.gradient,
+                              prior_weight=args.prior_weight, prior_selection=args.prior_selection),
         )
     except ValidationError as exc:
         raise InvalidInput(validation_problems(exc, "method")) from None
