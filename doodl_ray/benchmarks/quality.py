@@ -43,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(0: the reference method, guide loss alone)")
     parser.add_argument("--prior-selection", type=float, default=DoodlConfig().prior_selection,
                         help="weight of the diffusion prior in DOODL's best-iterate choice")
-    parser.add_argument("--raw-scales", type=float, nargs="+", default=[1.0, 10.0, 100.0],
+    parser.add_argument("--raw-scales", type=float, nargs="+", default=[0.1, 0.3, 1.0, 10.0],
                         help="one-step guidance scales on the raw gradient")
-    parser.add_argument("--normalized-scales", type=float, nargs="+", default=[0.1, 0.2, 0.5, 1.0],
+    parser.add_argument("--normalized-scales", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0],
                         help="one-step guidance scales on the per-image normalized gradient")
     parser.add_argument("--crops", type=int, default=8, help="multi-crop augmentation for the guide")
     parser.add_argument("--max-candidates", type=int, default=512, help="cap on best-of-N's N")
