@@ -20,6 +20,7 @@ def test_quality_benchmark_reports_every_method(tmp_path):
     )
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["targets"] == [3, 5, 8]
+    assert report["doodl"]["prior_selection"] == 1.0
     names = list(report["methods"])
     assert names[:7] == ["none", "one-step raw s=1", "one-step norm s=1", "doodl 1 it", "doodl 2 it",
                          "doodl 1 it + prior 5", "doodl 2 it + prior 5"]

@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "methods": {name: metrics(o, labels, guide, judge, train_x, tau) for name, o in outcomes.items()},
         "real_nn_dist": float(real_nn.mean()), "tau": tau, "setting": args.setting, "targets": targets,
         "seeds": args.seeds, "steps": args.steps,
+        "doodl": {"optimizer": args.optimizer, "lr": args.lr, "prior_selection": args.prior_selection, "crops": args.crops},
     }
     print(table(report))
     sheet = args.sheet or Path("out") / f"quality-{args.setting}.png"
