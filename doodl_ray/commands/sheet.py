@@ -40,17 +40,16 @@ def run(args: argparse.Namespace) -> int:
         if field is not None and field not in rows[0]:
             raise InvalidInput(f"results have no field {field!r}; fields: {', '.join(sorted(rows[0]))}")
     columns = sorted({r[args.columns] for r in rows}, key=_natural)
+    cells: dict[tuple[object, object], str] = {}  # (row value, column value) -> item id
     rank: dict[object, int] = {}
-    by_cell = {}
     for r in sorted(rows, key=lambda r: r["id"]):
+        column = r[args.columns]
         if args.rows:
-            row_key = f"{args.rows} {r[args.rows]}"
+            row = r[args.rows]
         else:
-            rank[r[args.columns]] = rank.get(r[args.columns], 0) + 1
-            row_key = f"#{rank[r[args.columns]]}"
-        by_cell[(row_key, r[args.columns])] = r["id"]
-    row_values = sorted({key for key, _ in by_cell}, key=lambda k: _natural(k.split(" ")[-1].lstrip("#")))
-    row_values = row_values[: args.max_rows]
+            rank[column] = row = rank.get(column, 0) + 1
+        cells[(row, column)] = r["id"]
+    row_values = sorted({row for row, _ in cells}, key=_natural)[: args.max_rows]
 
     def image(item_id: str | None) -> np.ndarray | None:
         if item_id is None:
@@ -58,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
         with Image.open(io.BytesIO(storage.read_bytes(image_key(item_id)))) as png:
             return np.asarray(png.convert("L" if png.mode == "L" else "RGB"))
 
-    grid = [(v, [image(by_cell.get((v, c))) for c in columns]) for v in row_values]
+    def label(row: object) -> str:
+        return f"{args.rows} {row}" if args.rows else f"#{row}"
+
+    grid = [(label(v), [image(cells.get((v, c))) for c in columns]) for v in row_values]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(grid, [str(c) for c in columns]).save(args.out)
     print(f"wrote {args.out}: {len(grid)} rows x {len(columns)} columns")

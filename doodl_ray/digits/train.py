@@ -135,9 +135,9 @@ def run(out: Path, seed: int, settings: Settings) -> dict:
     judge = trained["judge"]
 
     datasets = {"balanced": train_x, "rare": rare_x}
-    trainings = _train_unets_in_parallel(datasets, settings, seed)
-    for offset, (name, images) in enumerate(datasets.items()):
-        unet_seed = seed + 2 + offset
+    unet_seeds = {name: seed + 2 + offset for offset, name in enumerate(datasets)}
+    trainings = _train_unets_in_parallel(datasets, settings, unet_seeds)
+    for name, images in datasets.items():
         unet, train_loss, seconds = trainings[name]
         unet = diffusion.save_pipeline(unet, out / name)
         samples = to_unit_range(
@@ -146,7 +146,7 @@ def run(out: Path, seed: int, settings: Settings) -> dict:
         probs = predict(judge, samples)
         metrics[name] = {
             "params": _params(unet),
-            "seed": unet_seed,
+            "seed": unet_seeds[name],
             "train_images": len(images),
             "train_loss": round(train_loss, 5),
             "test_eps_mse": round(diffusion.eps_mse(unet, test_x, seed), 5),
@@ -164,17 +164,14 @@ def run(out: Path, seed: int, settings: Settings) -> dict:
     return metrics
 
 
-def _train_unets_in_parallel(datasets: dict[str, Tensor], settings: Settings, seed: int) -> dict[str, tuple]:
+def _train_unets_in_parallel(datasets: dict[str, Tensor], settings: Settings, seeds: dict[str, int]) -> dict[str, tuple]:
     """One process per diffusion model, one torch thread each: both cores busy, and each result is the
     same as a sequential single-thread run (bitwise), so training stays reproducible from the seed."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(len(datasets), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {
-            name: pool.submit(_train_unet_timed, images, settings, seed + 2 + offset)
-            for offset, (name, images) in enumerate(datasets.items())
-        }
+        futures = {name: pool.submit(_train_unet_timed, images, settings, seeds[name]) for name, images in datasets.items()}
         results = {name: future.result() for name, future in futures.items()}
     trained = {}
     for name, (state, loss, seconds) in results.items():

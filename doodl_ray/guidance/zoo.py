@@ -33,6 +33,7 @@ class _Parts:
     mean: Sequence[float]
     std: Sequence[float]
     labels: list[str] | None
+    num_classes: int | None = None  # known without a probe (TorchScript: its loader probed it)
 
 
 class _LogitsOf(nn.Module):
@@ -101,7 +102,7 @@ def load_classifier(
     if source == "torchscript":
         loaded = load_torchscript_classifier(config.model, device, crops, **opts)
         mean, std = loaded.mean.flatten().tolist(), loaded.std.flatten().tolist()
-        parts = _Parts(loaded.model, loaded.input_size, mean, std, loaded.labels)
+        parts = _Parts(loaded.model, loaded.input_size, mean, std, loaded.labels, loaded.num_classes)
     else:
         if config.num_classes and not config.weights:
             raise InvalidInput("num_classes needs a checkpoint in 'weights' (library weights keep their own head)")
@@ -114,9 +115,8 @@ def load_classifier(
             raise ModelLoadError(f"could not load classifier {config.model}: {type(exc).__name__}: {exc}") from None
     model = parts.model.to(device).eval()  # ClassifierGuidance freezes it; eval now for the probe
     input_size = tuple(config.input_size or parts.input_size)
-    if source == "torchscript":
-        num_classes = loaded.num_classes  # probed by the loader with the channel count from its metadata
-    else:
+    num_classes = parts.num_classes
+    if num_classes is None:
         with torch.no_grad():
             num_classes = model(torch.zeros(1, 3, *input_size, device=device)).shape[-1]
     labels = config.labels or parts.labels
