@@ -53,6 +53,9 @@ class ItemResult:
     terms: dict[str, float] = field(default_factory=dict)  # final per-term guidance losses
     scores: dict[str, float] = field(default_factory=dict)  # readable scores: guide/*, eval/*, eval_initial/*
     seconds: float = 0.0
+    compute: dict[str, int] = field(default_factory=dict)  # model evaluations this item cost (see methods.compute)
+    noise_hash: str = ""  # sha256 of the item's initial latents (float32, C order): provenance
+    initial_image: np.ndarray | None = None  # H x W x C uint8: the unguided sample from the same noise
 
 
 def default_device() -> torch.device:
