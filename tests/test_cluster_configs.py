@@ -4,7 +4,12 @@
   same prepare_config + validate_config steps `ray up` runs, and its fill-in fields are all present.
 * cluster/kuberay/*.yaml: structural schemas for the KubeRay / Kubernetes fields these manifests use
   (field names from KubeRay's ray.io/v1 Go types), closed with additionalProperties: false at the levels
-  we write, so a typo'd key fails here rather than being dropped or rejected by the API server.
+  we write, so a typo'd key fails here rather than being dropped or rejected by the API server; and the
+  RayJob rules KubeRay's operator enforces beyond its schema (ValidateRayJobSpec: e.g. no backoffLimit
+  with a clusterSelector), which a schema cannot express.
+* Token authentication: every client of a Ray cluster the configs start (Ray containers, autoscalers, job
+  submitters, the CronJob; AWS heads and workers) runs with RAY_AUTH_MODE=token and the cluster's token,
+  and nothing turns authentication off.
 No network, no cluster: a few hundred milliseconds.
 """
 
@@ -159,6 +164,16 @@ def test_aws_config_installs_project_with_constraints():
     assert "--python 3.11" in setup
 
 
+def test_aws_config_distributes_the_token_and_starts_ray_with_it():
+    config = _aws()
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # head, then workers from it
+    assert "chmod 600 ~/.ray/auth_token" in config["setup_commands"]
+    assert any("export RAY_AUTH_MODE=token" in c and ".bashrc" in c for c in config["setup_commands"])
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token ray start" in c for c in starts), key
+
+
 # --------------------------------------------------------------------------- KubeRay / Kubernetes
 
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -182,6 +197,30 @@ _RESOURCES = {
     },
     "additionalProperties": False,
 }
+_KEY_REF = {"type": "object", "required": ["name", "key"],
+            "properties": {"name": {"type": "string"}, "key": {"type": "string"}, "optional": {"type": "boolean"}},
+            "additionalProperties": False}
+# corev1.EnvVar: a value, or one source for it.
+_ENV = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "value": {"type": "string"},
+            "valueFrom": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "properties": {"secretKeyRef": _KEY_REF, "configMapKeyRef": _KEY_REF, "fieldRef": {"type": "object"},
+                               "resourceFieldRef": {"type": "object"}},
+                "additionalProperties": False,
+            },
+        },
+        "additionalProperties": False,
+    },
+}
 # The corev1.Container fields (a subset, enough for typo detection in what we write).
 _CONTAINER = {
     "type": "object",
@@ -193,15 +232,7 @@ _CONTAINER = {
         "command": {"type": "array", "items": {"type": "string"}},
         "args": {"type": "array", "items": {"type": "string"}},
         "workingDir": {"type": "string"},
-        "env": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name"],
-                "properties": {"name": {"type": "string"}, "value": {"type": "string"}, "valueFrom": {}},
-                "additionalProperties": False,
-            },
-        },
+        "env": _ENV,
         "envFrom": {"type": "array"},
         "ports": {
             "type": "array",
@@ -283,6 +314,18 @@ _POD_TEMPLATE = {
     "properties": {"metadata": {"type": "object"}, "spec": _POD_SPEC},
     "additionalProperties": False,
 }
+# A batch/v1 Job's pods (a CronJob's, a RayJob's submitter): they must not restart Always.
+_JOB_POD_TEMPLATE = {
+    **_POD_TEMPLATE,
+    "properties": {
+        "metadata": {"type": "object"},
+        "spec": {
+            **_POD_SPEC,
+            "required": ["containers", "restartPolicy"],
+            "properties": {**_POD_SPEC["properties"], "restartPolicy": {"enum": ["OnFailure", "Never"]}},
+        },
+    },
+}
 _RAY_START_PARAMS = {"type": "object", "additionalProperties": {"type": "string"}}  # strings only
 # ray.io/v1 RayClusterSpec / HeadGroupSpec / WorkerGroupSpec (raycluster_types.go).
 _RAY_CLUSTER_SPEC = {
@@ -299,7 +342,7 @@ _RAY_CLUSTER_SPEC = {
                 "resources": _RESOURCES,
                 "image": {"type": "string"},
                 "imagePullPolicy": {"type": "string"},
-                "env": {"type": "array"},
+                "env": _ENV,
                 "envFrom": {"type": "array"},
                 "volumeMounts": {"type": "array"},
                 "securityContext": {"type": "object"},
@@ -381,7 +424,7 @@ RAY_JOB = _resource(
             "backoffLimit": {"type": "integer", "minimum": 0},
             "rayClusterSpec": _RAY_CLUSTER_SPEC,
             "clusterSelector": _STR_MAP,
-            "submitterPodTemplate": _POD_TEMPLATE,
+            "submitterPodTemplate": _JOB_POD_TEMPLATE,
             "submitterConfig": {"type": "object"},
             "metadata": _STR_MAP,
             "entrypointNumCpus": {"type": "number"},
@@ -423,21 +466,7 @@ CRON_JOB = _resource(
                             "backoffLimit": {"type": "integer", "minimum": 0},
                             "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
                             "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
-                            "template": {
-                                **_POD_TEMPLATE,
-                                "properties": {
-                                    "metadata": {"type": "object"},
-                                    # a Job's pods must not restart Always
-                                    "spec": {
-                                        **_POD_SPEC,
-                                        "required": ["containers", "restartPolicy"],
-                                        "properties": {
-                                            **_POD_SPEC["properties"],
-                                            "restartPolicy": {"enum": ["OnFailure", "Never"]},
-                                        },
-                                    },
-                                },
-                            },
+                            "template": _JOB_POD_TEMPLATE,
                         },
                         "additionalProperties": False,
                     },
@@ -455,10 +484,17 @@ SERVICE_ACCOUNT = {
     "additionalProperties": False,
 }
 SCHEMAS = {"RayCluster": RAY_CLUSTER, "RayJob": RAY_JOB, "CronJob": CRON_JOB, "ServiceAccount": SERVICE_ACCOUNT}
+# KubeRay's own limit on RayJob names (MaxRayJobNameLength), which must also be DNS-1035 labels.
+RAY_JOB["properties"]["metadata"] = {
+    **_METADATA,
+    "properties": {**_METADATA["properties"],
+                   "name": {"type": "string", "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$", "maxLength": 47}},
+}
 MANIFESTS = {
     "common.yaml": ["ServiceAccount"],
     "raycluster.yaml": ["RayCluster"],
     "rayjob.yaml": ["RayJob"],
+    "rayjob-selector.yaml": ["RayJob"],
     "cronjob.yaml": ["CronJob"],
 }
 
@@ -512,14 +548,146 @@ def test_ray_clusters_have_autoscaling_gpu_workers():
         _check_cluster_spec(spec)
 
 
+def _head_mounts(cluster_spec: dict) -> list[dict]:
+    return cluster_spec["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+
+
 def test_rayjob_runs_doodl_ray_and_cleans_up():
     spec = _one("rayjob.yaml", "RayJob")["spec"]
     assert spec["entrypoint"].startswith("doodl-ray run ")
     job_file = spec["entrypoint"].split()[2]
-    mounts = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    mounts = _head_mounts(spec["rayClusterSpec"])
     assert any(job_file.startswith(m["mountPath"] + "/") for m in mounts), "job spec not mounted on the head"
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] > 0
+
+
+def test_rayjob_selector_runs_doodl_ray_on_the_standing_cluster():
+    spec = _one("rayjob-selector.yaml", "RayJob")["spec"]
+    standing = _one("raycluster.yaml", "RayCluster")
+    assert spec["clusterSelector"] == {"ray.io/cluster": standing["metadata"]["name"]}
+    assert spec["entrypoint"] == _one("rayjob.yaml", "RayJob")["spec"]["entrypoint"]
+    job_file = spec["entrypoint"].split()[2]
+    assert any(job_file.startswith(m["mountPath"] + "/") for m in _head_mounts(standing["spec"])), \
+        "job spec not mounted on the standing cluster's head"
+
+
+# --------------------------------------------------------------------------- KubeRay's RayJob rules
+
+def kuberay_rayjob_problems(spec: dict) -> list[str]:
+    """What KubeRay's operator refuses in a RayJob spec that a structural schema accepts: the rules of its
+    ValidateRayJobSpec (ray-operator/controllers/ray/utils/validation.go) for the fields these manifests
+    use, with KubeRay's own messages; plus one of ours, for a field KubeRay silently ignores."""
+    problems = []
+    selector, shutdown = bool(spec.get("clusterSelector")), spec.get("shutdownAfterJobFinishes", False)
+    mode, backoff = spec.get("submissionMode", "K8sJobMode"), spec.get("backoffLimit", 0)
+    if spec.get("suspend") and not shutdown:
+        problems.append("a RayJob with shutdownAfterJobFinishes set to false is not allowed to be suspended")
+    if spec.get("ttlSecondsAfterFinished", 0) > 0 and not shutdown:
+        problems.append("a RayJob with shutdownAfterJobFinishes set to false cannot have TTLSecondsAfterFinished")
+    if selector:
+        if spec.get("suspend"):
+            problems.append("the ClusterSelector mode doesn't support the suspend operation")
+        if not spec["clusterSelector"].get("ray.io/cluster"):
+            problems.append("cluster name in ClusterSelector should not be empty")
+        if mode == "SidecarMode":
+            problems.append("ClusterSelector is not supported in SidecarMode")
+        if backoff > 0:
+            problems.append("BackoffLimit is incompatible with ClusterSelector mode")
+        if shutdown:  # ours: KubeRay accepts it and never deletes a selected cluster
+            problems.append("shutdownAfterJobFinishes is ignored with a clusterSelector")
+    elif "rayClusterSpec" not in spec:
+        problems.append("one of RayClusterSpec or ClusterSelector must be set")
+    if mode == "InteractiveMode" and backoff > 0:
+        problems.append("BackoffLimit is incompatible with InteractiveMode")
+    if mode == "SidecarMode" and "submitterPodTemplate" in spec:
+        problems.append("Currently, SidecarMode doesn't support SubmitterPodTemplate")
+    return problems
+
+
+@pytest.mark.parametrize("name", ["rayjob.yaml", "rayjob-selector.yaml"])
+def test_rayjobs_pass_kuberays_rules(name):
+    assert kuberay_rayjob_problems(_one(name, "RayJob")["spec"]) == []
+
+
+def test_swapping_in_a_selector_alone_is_what_kuberay_rejects():
+    """rayjob.yaml's old advice: replace rayClusterSpec with clusterSelector, keep the rest."""
+    spec = copy.deepcopy(_one("rayjob.yaml", "RayJob")["spec"])
+    del spec["rayClusterSpec"]
+    spec["clusterSelector"] = {"ray.io/cluster": "doodl-ray"}
+    jsonschema.validate({**_one("rayjob.yaml", "RayJob"), "spec": spec}, RAY_JOB)  # the schema cannot tell
+    problems = kuberay_rayjob_problems(spec)
+    assert "BackoffLimit is incompatible with ClusterSelector mode" in problems
+    for field in ("backoffLimit", "shutdownAfterJobFinishes", "ttlSecondsAfterFinished"):
+        del spec[field]
+    assert kuberay_rayjob_problems(spec) == []  # what rayjob-selector.yaml ships
+
+
+@pytest.mark.parametrize("change,problem", [
+    ({"backoffLimit": 1}, "BackoffLimit is incompatible with ClusterSelector mode"),
+    ({"submissionMode": "SidecarMode"}, "ClusterSelector is not supported in SidecarMode"),
+    ({"clusterSelector": {"ray.io/cluster": ""}}, "cluster name in ClusterSelector should not be empty"),
+    ({"suspend": True}, "the ClusterSelector mode doesn't support the suspend operation"),
+    ({"ttlSecondsAfterFinished": 60}, "cannot have TTLSecondsAfterFinished"),
+])
+def test_rayjob_selector_rule_breaks_are_caught(change, problem):
+    spec = {**copy.deepcopy(_one("rayjob-selector.yaml", "RayJob")["spec"]), **change}
+    assert any(problem in p for p in kuberay_rayjob_problems(spec))
+
+
+# --------------------------------------------------------------------------- token authentication
+
+AUTH_SECRET = {"name": "doodl-ray-auth", "key": "auth_token"}
+
+
+def _auth_env(env: list[dict]) -> dict:
+    """RAY_AUTH_MODE's value and where RAY_AUTH_TOKEN comes from, in a container's (or autoscaler's) env."""
+    by_name = {e["name"]: e for e in env}
+    return {"mode": by_name.get("RAY_AUTH_MODE", {}).get("value"),
+            "token": by_name.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")}
+
+
+def _token_clients() -> dict[str, list]:
+    """Everything that talks to a Ray cluster, by where it is: Ray containers, autoscalers, submitters."""
+    found: dict[str, list] = {}
+    for name in MANIFESTS:
+        for doc in _docs(name):
+            spec = doc.get("spec", {})
+            clusters = [spec] if doc["kind"] == "RayCluster" else [spec.get("rayClusterSpec")]
+            for index, cluster in enumerate(c for c in clusters if c):
+                groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+                found[f"{name} containers {index}"] = [c for g in groups for c in g["template"]["spec"]["containers"]]
+                found[f"{name} autoscaler {index}"] = [cluster["autoscalerOptions"]]
+            if doc["kind"] == "RayJob":
+                found[f"{name} submitter"] = spec["submitterPodTemplate"]["spec"]["containers"][:1]
+            if doc["kind"] == "CronJob":
+                found[f"{name} pod"] = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return found
+
+
+def test_every_ray_client_in_the_manifests_sends_the_secret_token():
+    clients = _token_clients()
+    assert {"raycluster.yaml containers 0", "raycluster.yaml autoscaler 0", "rayjob.yaml containers 0",
+            "rayjob.yaml autoscaler 0", "rayjob.yaml submitter", "rayjob-selector.yaml submitter",
+            "cronjob.yaml pod"} == set(clients)
+    for where, containers in clients.items():
+        for container in containers:
+            assert _auth_env(container.get("env", [])) == {"mode": "token", "token": AUTH_SECRET}, where
+    how_to_make_it = "kubectl create secret generic doodl-ray-auth --from-literal=auth_token="
+    assert how_to_make_it in (KUBERAY / "common.yaml").read_text()
+
+
+def test_no_manifest_turns_authentication_off():
+    for path in [*KUBERAY.glob("*.yaml"), CLUSTER / "aws.yaml", CLUSTER / "Dockerfile"]:
+        text = path.read_text()
+        assert "RAY_AUTH_MODE=disabled" not in text and not re.search(r"RAY_AUTH_MODE.{0,20}disabled", text), path
+
+
+def test_a_worker_without_the_token_is_caught():
+    clients = _token_clients()["raycluster.yaml containers 0"]
+    worker = copy.deepcopy(clients[-1])
+    worker["env"] = [e for e in worker["env"] if e["name"] != "RAY_AUTH_TOKEN"]
+    assert _auth_env(worker["env"]) != {"mode": "token", "token": AUTH_SECRET}
 
 
 def test_cronjob_submits_yesterday_to_the_standing_cluster():
@@ -568,6 +736,12 @@ def test_manifests_share_image_and_service_account():
         ("rayjob.yaml", "RayJob", lambda d: d["spec"].update(shutdownAfterJobFinish=True)),
         ("rayjob.yaml", "RayJob", lambda d: d["spec"].pop("entrypoint")),
         ("rayjob.yaml", "RayJob", lambda d: d["spec"].update(clusterSelector={"ray.io/cluster": "x"})),
+        ("rayjob-selector.yaml", "RayJob", lambda d: d["spec"].update(rayClusterSpec={"headGroupSpec": {}})),
+        ("rayjob-selector.yaml", "RayJob", lambda d: d["metadata"].update(name="doodl-ray-job-" + "x" * 40)),
+        ("rayjob-selector.yaml", "RayJob",
+         lambda d: d["spec"]["submitterPodTemplate"]["spec"].update(restartPolicy="Always")),
+        ("rayjob.yaml", "RayJob", lambda d: d["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["env"][1].update(
+            valueFrom={"secretKeyRef": {"name": "doodl-ray-auth"}})),
         ("cronjob.yaml", "CronJob", lambda d: d["spec"].update(schedul=d["spec"].pop("schedule"))),
         (
             "cronjob.yaml",
