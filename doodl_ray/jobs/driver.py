@@ -395,12 +395,12 @@ class Driver:
     # ---- progress ----------------------------------------------------------------------------------
 
     def _progress_bar(self, total: int) -> None:
+        """A bar on a terminal, a plain line every few seconds in logs (jobs.progress)."""
         self.bar = None
         if self.show_progress:
-            from tqdm import tqdm
+            from doodl_ray.jobs.progress import progress_bar
 
-            self.bar = tqdm(total=total, initial=sum(self.counts.values()), unit="item", dynamic_ncols=True,
-                            desc=self.spec.run_id, smoothing=0.05)
+            self.bar = progress_bar(self.spec.run_id, total, initial=sum(self.counts.values()))
             self._tick(0)
 
     def _tick(self, n: int) -> None:
