@@ -1,13 +1,18 @@
-"""`doodl-ray submit / jobs / logs` against a real Ray head (tests/ray_head.py): a tiny no-op job is
-submitted through the Jobs API and fails (no input yet), is resubmitted as the next attempt and runs,
-writing its outputs; an identical submission finds it and does not run it again. Plus the pure parts:
-ids, runtime env, entrypoint."""
+"""`doodl-ray submit / jobs / logs / backfill --submit` against a real Ray head with token authentication on
+(tests/ray_head.py): a tiny no-op job is submitted through the Jobs API and fails (no input yet), is
+resubmitted as the next attempt and runs, writing its outputs, with plain progress lines in its log; an
+identical submission finds it and does not run it again; a backfill day is submitted. A client without
+the token (a new user's shell: no RAY_AUTH_MODE) or with a wrong one gets one line saying what to set.
+Plus the pure parts: ids, runtime env, entrypoint."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
+import subprocess
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -24,11 +29,12 @@ from doodl_ray.cluster.submission import (
     Submission,
     submission_id,
     submit,
+    token_problem,
     working_dir_for,
 )
 from doodl_ray.errors import InvalidInput
 from doodl_ray.jobs.spec import load_spec
-from tests.ray_head import FakeJobsClient, ray_head  # noqa: F401
+from tests.ray_head import AUTH_VARIABLES, TOKEN, FakeJobsClient, auth_header, ray_head  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")  # inside Ray's SDK
@@ -77,8 +83,7 @@ def test_runtime_env_ships_the_checkout_for_a_spec_inside_it():
     assert env["working_dir"] == str(ROOT) and ".venv/" in env["excludes"] and "pip" not in env
     command = entrypoint("jobs/tiny-s3.yaml", ['input.uri="s3://b/date=2026-11-01/"', "resources.actors=2"])
     assert shlex.split(command) == ["python", "-m", "doodl_ray.cli", "run", "jobs/tiny-s3.yaml", "--address", "auto",
-                                    "--no-progress", "--set", 'input.uri="s3://b/date=2026-11-01/"',
-                                    "--set", "resources.actors=2"]
+                                    "--set", 'input.uri="s3://b/date=2026-11-01/"', "--set", "resources.actors=2"]
 
 
 def test_working_dir_must_hold_the_spec(tmp_path: Path):
@@ -165,3 +170,62 @@ def test_submit_runs_once_retries_failures_lists_and_logs(ray_head, tmp_path: Pa
     assert rc == 0 and any(line.split()[:2] == [job_id, "SUCCEEDED"] for line in out.splitlines())
     rc, out, _ = cli("logs", job_id, "--address", address)
     assert rc == 0 and "run submit-test: 5 rows" in out
+    # a job's stderr is no terminal: plain progress lines, the last one at 5 of 5, and no bar redraws
+    assert "submit-test: 5/5 items (100%), ok=5, failed=0, rejected=0, left=0 [" in out and "\r" not in out
+
+
+def test_backfill_submits_a_day_to_the_token_protected_head(ray_head, tmp_path: Path):
+    from ray.job_submission import JobSubmissionClient
+
+    (tmp_path / "in" / "date=2026-11-01").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a", "b", "c"]}), tmp_path / "in" / "date=2026-11-01" / "part-0.parquet")
+    path = noop_spec(tmp_path, run_id="nightly", input={"uri": str(tmp_path / "in" / "date={date}"),
+                                                        "columns": {"id": "id"}})
+    rc, out, err = cli("backfill", str(path), "--from", "2026-11-01", "--to", "2026-11-01", "--submit",
+                       "--address", ray_head.dashboard_url)
+    job_id = out.strip()
+    try:
+        assert rc == 0 and "2026-11-01: submitted" in err, err
+        rc, out, _ = cli("jobs", "--address", ray_head.dashboard_url, "--json")
+        rows = {r["id"]: r for r in map(json.loads, out.splitlines())}
+        assert rc == 0 and rows[job_id]["run_id"] == "nightly-2026-11-01"
+    finally:  # the submission is what is tested here: spare the 2 cores its driver
+        JobSubmissionClient(ray_head.dashboard_url).stop_job(job_id)
+
+
+def _cli_process(*argv: str, **env: str) -> subprocess.CompletedProcess:
+    """doodl-ray in a fresh process with the test's environment minus Ray's token settings, plus `env`."""
+    base = {k: v for k, v in os.environ.items() if k not in AUTH_VARIABLES}
+    return subprocess.run([sys.executable, "-m", "doodl_ray.cli", *argv], env={**base, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_missing_token_settings_are_one_line_saying_what_to_set(ray_head, tmp_path: Path):
+    """A new user's shell after `ray start --head`: the token lies in ~/.ray/auth_token, RAY_AUTH_MODE unset."""
+    spec = noop_spec(tmp_path)
+    new_user = _cli_process("submit", str(spec), "--address", ray_head.dashboard_url, "--no-wait",
+                            HOME=str(ray_head.home))
+    assert new_user.returncode == 1 and new_user.stdout == ""
+    (line,) = new_user.stderr.splitlines()
+    assert line.startswith("doodl-ray submit: error: the Ray cluster at http://127.0.0.1:")
+    assert "export RAY_AUTH_MODE=token" in line and "~/.ray/auth_token" in line and TOKEN not in line
+
+
+def test_token_mode_without_a_token_says_where_to_put_it(monkeypatch):
+    from ray._private.authentication.authentication_constants import (
+        TOKEN_AUTH_ENABLED_BUT_NO_TOKEN_FOUND_ERROR_MESSAGE as ray_message,
+    )
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    line = token_problem("http://head:8265", ray_message)
+    assert "RAY_AUTH_MODE=token is set but no token was found: put it in $RAY_AUTH_TOKEN" in line
+
+
+def test_a_wrong_token_is_named_as_not_the_clusters(ray_head):
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    with pytest.raises(AuthenticationError) as refused:  # Ray sends a caller's own Authorization header as is
+        JobSubmissionClient(ray_head.dashboard_url, headers=auth_header("0" * 64))
+    line = token_problem(ray_head.dashboard_url, refused.value.message)
+    assert "refused the token" in line and "`ray get-auth-token` on the head" in line and "\n" not in line

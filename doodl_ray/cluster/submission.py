@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, TextIO
 
 import doodl_ray
-from doodl_ray.errors import InvalidInput
+from doodl_ray.errors import DoodlError, InvalidInput
 from doodl_ray.jobs.spec import JobSpec, load_spec
 
 if TYPE_CHECKING:
@@ -63,13 +63,33 @@ def submission_id(spec: JobSpec) -> str:
 
 
 def connect(address: Optional[str]) -> "JobSubmissionClient":
-    """A Jobs API client for the dashboard at `address` (e.g. http://HEAD:8265) or $RAY_ADDRESS."""
+    """A Jobs API client for the dashboard at `address` (e.g. http://HEAD:8265) or $RAY_ADDRESS. The client
+    checks the connection (and the token of a token-protected cluster) as it is made."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise InvalidInput("no cluster given: pass --address http://HEAD:8265 or set RAY_ADDRESS")
-    return JobSubmissionClient(address)
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError as exc:
+        raise DoodlError(token_problem(address, exc.message)) from None
+
+
+def token_problem(address: str, message: str) -> str:
+    """What to set when a cluster with Ray's token authentication refuses us, in one line. Ray sends a token
+    only when RAY_AUTH_MODE=token, reading it from $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH names, or
+    ~/.ray/auth_token (in that order); its own message is several lines and does not say which is missing."""
+    where = "$RAY_AUTH_TOKEN, a file named by $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return (f"the Ray cluster at {address} uses token authentication: export RAY_AUTH_MODE=token, with the "
+                f"cluster's token in {where} (cluster/README.md)")
+    if "Forbidden" in message:  # HTTP 403: a token was sent and refused
+        return (f"the Ray cluster at {address} refused the token found in {where} (first found wins): it is not "
+                "this cluster's token (`ray get-auth-token` on the head prints it)")
+    return (f"the Ray cluster at {address} needs its token, and RAY_AUTH_MODE=token is set but no token was "
+            f"found: put it in {where}")
 
 
 def project_root() -> Optional[Path]:
@@ -122,8 +142,9 @@ def runtime_env(working_dir: Path, pip: bool = False) -> dict:
 
 
 def entrypoint(spec_relpath: str, overrides: list[str]) -> str:
-    """The driver command, run in the working dir on the cluster, connected to that cluster."""
-    args = ["python", "-m", "doodl_ray.cli", "run", spec_relpath, "--address", "auto", "--no-progress"]
+    """The driver command, run in the working dir on the cluster, connected to that cluster; its progress
+    reaches the job's log (`doodl-ray logs`) as a plain line every few seconds."""
+    args = ["python", "-m", "doodl_ray.cli", "run", spec_relpath, "--address", "auto"]
     for override in overrides:
         args += ["--set", override]
     return shlex.join(args)
