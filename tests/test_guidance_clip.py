@@ -40,17 +40,19 @@ def test_spherical_distance_values():
 
 def test_each_model_keeps_its_own_preprocessing(clips, tmp_path):
     tagged = load_clip(ClipModelConfig(model=ARCH_A, pretrained=TAG))
-    assert tagged.input_size == (32, 32)
-    assert torch.allclose(tagged.mean.flatten(), torch.tensor(TAG_MEAN))
-    assert torch.allclose(tagged.std.flatten(), torch.tensor(TAG_STD))
-    from_file = load_clip(ClipModelConfig(model=ARCH_B, pretrained=str(clips[ARCH_B])))
-    assert from_file.input_size == (24, 24)
-    assert torch.allclose(from_file.mean.flatten(), torch.tensor(OPENAI_MEAN))  # open_clip's default for a bare file
-    overridden = load_clip(ClipModelConfig(model=ARCH_B, pretrained=str(clips[ARCH_B]), mean=(0.1, 0.1, 0.1), std=(2, 2, 2)))
-    assert torch.allclose(overridden.std.flatten(), torch.tensor([2.0] * 3))
+    assert tagged.input_size == (32, 32) and tagged.preprocess.rule == "shortest"
+    assert tagged.preprocess.mean == TAG_MEAN and tagged.preprocess.std == TAG_STD
+    file_named = load_clip(ClipModelConfig(model=ARCH_A, pretrained=str(clips[ARCH_A]), tag=TAG))
+    assert file_named.preprocess == tagged.preprocess  # a checkpoint file that names its tag gets the tag's transform
+    with pytest.raises(InvalidInput, match="does not say how it was trained"):  # never OpenAI's constants by default
+        load_clip(ClipModelConfig(model=ARCH_B, pretrained=str(clips[ARCH_B])))
+    from_file = load_clip(ClipModelConfig(model=ARCH_B, pretrained=str(clips[ARCH_B]), mean=OPENAI_MEAN, std=(2, 2, 2),
+                                          resize_mode="squash"))  # fmt: skip
+    assert from_file.input_size == (24, 24) and from_file.preprocess.rule == "squash"
+    assert from_file.preprocess.mean == OPENAI_MEAN and from_file.preprocess.std == (2.0,) * 3
     folder = save_clip_folder(tmp_path / "folder", clips[ARCH_A], mean=(0.3, 0.3, 0.3), std=(0.6, 0.6, 0.6))
     from_folder = load_clip(ClipModelConfig(model=str(folder)))
-    assert torch.allclose(from_folder.mean.flatten(), torch.tensor([0.3] * 3))
+    assert from_folder.preprocess.mean == (0.3,) * 3
     # the folder holds the tagged checkpoint: same weights, so the same text embedding
     assert torch.allclose(from_folder.embed_texts(["a bird"]), tagged.embed_texts(["a bird"]), atol=1e-6)
     assert all(not p.requires_grad for p in tagged.parameters())
@@ -59,22 +61,23 @@ def test_each_model_keeps_its_own_preprocessing(clips, tmp_path):
 def test_checkpoint_and_folder_from_uri(clips, tmp_path):
     fs = fsspec.filesystem("memory")
     fs.pipe("/ckpt/tiny-b.safetensors", clips[ARCH_B].read_bytes())
-    remote = load_clip(ClipModelConfig(model=ARCH_B, pretrained="memory://ckpt/tiny-b.safetensors"))
-    local = load_clip(ClipModelConfig(model=ARCH_B, pretrained=str(clips[ARCH_B])))
+    remote = load_clip(ClipModelConfig(model=ARCH_B, pretrained="memory://ckpt/tiny-b.safetensors", mean=TAG_MEAN, std=TAG_STD))
+    local = load_clip(ClipModelConfig(model=ARCH_B, pretrained=str(clips[ARCH_B]), mean=TAG_MEAN, std=TAG_STD))
     assert torch.equal(remote.embed_texts(["x"]), local.embed_texts(["x"]))
     folder = save_clip_folder(tmp_path / "f", clips[ARCH_A], mean=(0.3,) * 3, std=(0.6,) * 3)
     fs.put(str(folder), "/models/clipfolder", recursive=True)
     encoder = load_clip(ClipModelConfig(model="memory://models/clipfolder"))
-    assert torch.allclose(encoder.mean.flatten(), torch.tensor([0.3] * 3))
+    assert encoder.preprocess.mean == (0.3,) * 3
 
 
 def test_text_loss_is_the_weighted_mean_computed_by_hand(clips):
-    encoders = [load_clip(ClipModelConfig(model=ARCH_A, pretrained=TAG)), load_clip(ClipModelConfig(model=ARCH_B, pretrained=str(clips[ARCH_B])))]
+    encoders = [load_clip(ClipModelConfig(model=ARCH_A, pretrained=TAG)),
+                load_clip(ClipModelConfig(model=ARCH_B, pretrained=str(clips[ARCH_B]), mean=TAG_MEAN, std=TAG_STD))]  # fmt: skip
     x = images()
     targets = ["a red bird", "a blue bird"]
     per_model = []
     for encoder in encoders:
-        e = encoder.embed_images(torch.nn.functional.interpolate(x, size=encoder.input_size, mode="bilinear"))
+        e = encoder.embed_images(x)  # the whole frame through each model's own transform
         per_model.append(spherical_distance(e, encoder.embed_texts(targets)))
     for weights in ([1.0, 1.0], [1.0, 3.0]):
         guide = ClipTextGuidance(encoders, weights, MultiCrop(count=0))
@@ -96,8 +99,8 @@ def test_text_guide_crops_gradient_cache_and_targets(clips, monkeypatch):
     monkeypatch.setattr(ClipTextGuidance, "embed_target", lambda self, t: calls.append(t) or original(self, t))
     x = images(size=32).requires_grad_(True)  # the image is exactly the model's input size: crops must still differ
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
-    crops = guide.crops.crops(x, (32, 32), [torch.Generator().manual_seed(0)] * 2)
-    assert not torch.allclose(crops[0], crops[1])
+    views = guide.crops.views(x, guide.encoders[0].preprocess, [torch.Generator().manual_seed(0)] * 2)
+    assert views.shape == (8, 3, 32, 32) and not torch.allclose(views[0], views[1])
     loss = guide.loss(x, ["a bird", "a bird"], gens)
     loss.sum().backward()
     assert x.grad.abs().sum() > 0

@@ -49,10 +49,10 @@ def register_tiny_clips(folder: Path, seed: int = 0) -> dict[str, Path]:
     return checkpoints
 
 
-def save_clip_folder(folder: Path, checkpoint: Path, mean: tuple, std: tuple, image_size: int = 32) -> Path:
-    """An open_clip hub-layout folder: open_clip_config.json (model + preprocess cfg) and the weights."""
+def save_clip_folder(folder: Path, checkpoint: Path, mean: tuple, std: tuple, image_size: int = 32, **preprocess) -> Path:
+    """An open_clip hub-layout folder: open_clip_config.json (model + preprocess cfg, e.g. resize_mode) and the weights."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": clip_arch(image_size), "preprocess_cfg": {"mean": list(mean), "std": list(std)}}
+    config = {"model_cfg": clip_arch(image_size), "preprocess_cfg": {"mean": list(mean), "std": list(std), **preprocess}}
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     (folder / "open_clip_model.safetensors").write_bytes(checkpoint.read_bytes())
     return folder

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from doodl_ray.errors import InvalidInput, ModelLoadError
-from doodl_ray.guidance.base import Guidance, load_weights, ref_exists
+from doodl_ray.guidance.base import Checks, Guidance, load_weights
 from doodl_ray.guidance.clip import ClipEncoder, check_clip_model, load_clip
 from doodl_ray.guidance.crops import MultiCrop
 from doodl_ray.guidance.spec import AestheticGuidanceConfig
@@ -60,7 +60,7 @@ class AestheticGuidance(Guidance):
         super().__init__()
         dim = next(p for p in head.parameters()).shape[-1]
         with torch.no_grad():
-            probe = encoder.embed_images(torch.zeros(1, 3, *encoder.input_size, device=encoder.mean.device))
+            probe = encoder.embed_images(torch.zeros(1, 3, *encoder.input_size, device=encoder.device))
         if probe.shape[-1] != dim:
             raise ModelLoadError(f"aesthetic predictor takes {dim}-d embeddings; CLIP {encoder.label} gives {probe.shape[-1]}")
         self.encoder, self.head, self.target_score = encoder, head, target_score
@@ -74,7 +74,7 @@ class AestheticGuidance(Guidance):
 
     def score(self, images: Tensor, generators: Sequence[torch.Generator] | None) -> Tensor:
         """Predicted aesthetic score of every crop, [B * K]."""
-        embeddings = self.encoder.embed_images(self.crops.crops(images, self.encoder.input_size, generators))
+        embeddings = self.encoder.embed_inputs(self.crops.views(images, self.encoder.preprocess, generators))
         return self.head(embeddings.to(next(self.head.parameters()).dtype)).squeeze(-1).float()
 
     def loss(self, images: Tensor, targets: Sequence[Any], generators: Sequence[torch.Generator] | None) -> Tensor:
@@ -87,12 +87,12 @@ class AestheticGuidance(Guidance):
         return {self.name: self.score(images, None)}
 
 
-def check_aesthetic(config: AestheticGuidanceConfig, storage_options: dict[str, Any] | None = None) -> None:
+def check_aesthetic(config: AestheticGuidanceConfig, checks: Checks | None = None) -> None:
     """The weights file exists and the CLIP model resolves (no weights loaded)."""
-    opts = storage_options or {}
-    if not ref_exists(config.weights, opts):
+    checks = checks or Checks()
+    if not checks.exists(config.weights, "aesthetic predictor weights"):
         raise ModelLoadError(f"aesthetic predictor weights not found: {config.weights}")
-    check_clip_model(config.clip, opts)
+    check_clip_model(config.clip, checks)
 
 
 def load_aesthetic(

@@ -1,9 +1,11 @@
 """CLIP guidance with open_clip models: text targets and reference-image targets, several models weighted.
 
-Each model keeps its own input size and normalization (from open_clip's pretrained config for its tag:
-LAION and OpenAI checkpoints do not share constants in general). The loss is the spherical distance
-d(a, b) = 2 * arcsin(|a^ - b^| / 2)^2 per crop, reduced over crops as the spec says, then averaged over
-models with their (normalized) weights."""
+Each model sees images through its own eval transform, open_clip's `preprocess_cfg` for its tag, folder or hub
+repo (size, `resize_mode`: shortest side + centre crop for OpenAI/LAION ViTs and EVA02, squash for SigLIP, CLIPA
+and DFN-378; bicubic; mean/std: LAION and OpenAI checkpoints do not share constants in general), reproduced
+differentiably by `preprocess.Preprocess`. Crops and reference images go through the same transform. Models run
+in float32. The loss is the spherical distance d(a, b) = 2 * arcsin(|a^ - b^| / 2)^2 per crop, reduced over
+crops as the spec says, then averaged over models with their (normalized) weights."""
 
 from __future__ import annotations
 
@@ -21,16 +23,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
-from torchvision.transforms.functional import center_crop, pil_to_tensor
+from torchvision.transforms.functional import pil_to_tensor
 
 from doodl_ray.errors import InvalidInput, ModelLoadError
 from doodl_ray.fetch import is_remote, local_copy
-from doodl_ray.guidance.base import Guidance, ref_exists
+from doodl_ray.guidance.base import Checks, Guidance
 from doodl_ray.guidance.crops import MultiCrop
+from doodl_ray.guidance.preprocess import Preprocess, from_open_clip
 from doodl_ray.guidance.spec import ClipModelConfig
 
 CONFIG_FILE = "open_clip_config.json"  # marks a folder in open_clip's hub layout
 LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+PREPROCESS_FIELDS = ("mean", "std", "interpolation", "resize_mode")  # what a tag or the spec may set
 
 
 def spherical_distance(a: Tensor, b: Tensor) -> Tensor:
@@ -40,31 +45,31 @@ def spherical_distance(a: Tensor, b: Tensor) -> Tensor:
 
 
 class ClipEncoder(nn.Module):
-    """One frozen open_clip model with its tokenizer, input size and normalization constants."""
+    """One frozen open_clip model with its tokenizer and its eval transform."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        input_size: tuple[int, int],
-        mean: Sequence[float],
-        std: Sequence[float],
-        label: str,
-    ):
+    def __init__(self, model: nn.Module, tokenizer: Any, preprocess: Preprocess, label: str):
         super().__init__()
-        self.model, self.tokenizer, self.input_size, self.label = model, tokenizer, tuple(input_size), label
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.model, self.tokenizer, self.preprocess, self.label = model, tokenizer, preprocess, label
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.preprocess.size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def embed_inputs(self, inputs: Tensor) -> Tensor:
+        """Normalized embeddings of model inputs (already through `preprocess`), float32 [N, D]."""
+        return F.normalize(self.model.encode_image(inputs).float(), dim=-1)
 
     def embed_images(self, images: Tensor) -> Tensor:
-        """Normalized embeddings of [N, 3, *input_size] images in [0, 1], float32 [N, D]."""
-        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        dtype = next(self.model.parameters()).dtype
-        return F.normalize(self.model.encode_image(x.to(dtype)).float(), dim=-1)
+        """Normalized embeddings of whole images in [0, 1], any size, float32 [N, D]."""
+        return self.embed_inputs(self.preprocess(images))
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> Tensor:
-        tokens = self.tokenizer(texts).to(self.mean.device)
+        tokens = self.tokenizer(texts).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
 
@@ -112,7 +117,7 @@ class ClipGuidance(Guidance):
         batch = images.shape[0]
         total = images.new_zeros(batch, dtype=torch.float32)
         for weight, encoder, target in zip(self.weights, self.encoders, self._target_embeddings(targets)):
-            embeddings = encoder.embed_images(self.crops.crops(images, encoder.input_size, generators))
+            embeddings = encoder.embed_inputs(self.crops.views(images, encoder.preprocess, generators))
             target = target.to(embeddings.device).repeat_interleave(embeddings.shape[0] // batch, dim=0)
             total = total + weight * self.crops.reduce(spherical_distance(embeddings, target), batch)
         return total.to(images.dtype)
@@ -122,7 +127,7 @@ class ClipGuidance(Guidance):
         """Weighted mean cosine similarity of the whole images to the targets."""
         total = images.new_zeros(images.shape[0], dtype=torch.float32)
         for weight, encoder, target in zip(self.weights, self.encoders, self._target_embeddings(targets)):
-            embeddings = encoder.embed_images(self.crops.crops(images, encoder.input_size, None))
+            embeddings = encoder.embed_inputs(self.crops.views(images, encoder.preprocess, None))
             total = total + weight * (embeddings * target.to(embeddings.device)).sum(dim=-1)
         return {self.name: total}
 
@@ -178,11 +183,11 @@ class ClipImageGuidance(ClipGuidance):
         return digest.hexdigest()
 
     def embed_target(self, target: tuple[bytes, ...]) -> list[Tensor]:
-        pictures = [_decode(data) for data in target]
+        """Each reference goes through the model's own eval transform, as generated images do."""
+        pictures = [pil_to_tensor(_decode(data)).float().div(255).unsqueeze(0) for data in target]
         out = []
         for encoder in self.encoders:
-            device = encoder.mean.device
-            embeddings = torch.cat([encoder.embed_images(_square(p, encoder.input_size).to(device)) for p in pictures])
+            embeddings = torch.cat([encoder.embed_images(p.to(encoder.device)) for p in pictures])
             out.append(F.normalize(embeddings.mean(dim=0), dim=-1))
         return out
 
@@ -216,27 +221,28 @@ def _decode(data: bytes, where: str = "image bytes") -> Image.Image:
     return picture.convert("RGB")
 
 
-def _square(picture: Image.Image, size: tuple[int, int]) -> Tensor:
-    """Centre square crop resized to `size`, [1, 3, *size] in [0, 1]: how the square crops of generated
-    images are seen, so references and generations share geometry."""
-    x = pil_to_tensor(picture).float().div(255).unsqueeze(0)
-    side = min(x.shape[-2:])
-    return MultiCrop(count=0).crops(center_crop(x, [side, side]), size, None)
-
-
 def _is_folder(model: str) -> bool:
     return model.startswith(LOCAL_DIR) or is_remote(model) or os.path.isdir(model)
 
 
-def check_clip_model(config: ClipModelConfig, storage_options: dict[str, Any] | None = None) -> None:
-    """Static checks before any download: a known architecture with a known tag (and matching QuickGELU,
-    the classic ViT-L-14 + openai mistake) or an existing checkpoint file; or a folder with its config."""
-    opts = storage_options or {}
-    if _is_folder(config.model):
-        if config.pretrained:
-            raise InvalidInput(f"CLIP folder {config.model} carries its own weights; drop 'pretrained'")
+def _own_config(model: str) -> bool:
+    """Folders and hub repos carry their own model and preprocessing config (open_clip_config.json)."""
+    return model.startswith(HF_HUB) or _is_folder(model)
+
+
+def check_clip_model(config: ClipModelConfig, checks: Checks | None = None) -> None:
+    """Static checks before any download: a known architecture with a known tag (and matching QuickGELU, the
+    classic ViT-L-14 + openai mistake), or an existing checkpoint file that says how it was trained (a tag or
+    mean/std); or a folder with its config, or a hub repo whose config resolves."""
+    checks = checks or Checks()
+    if _own_config(config.model):
+        if config.pretrained or config.tag:
+            raise InvalidInput(f"CLIP {config.model} carries its own weights and preprocessing; drop 'pretrained'/'tag'")
+        if config.model.startswith(HF_HUB):
+            checks.hub_lookup(config.model, "open_clip config of", lambda: open_clip.get_model_config(config.model))
+            return
         folder = config.model.removeprefix(LOCAL_DIR).rstrip("/")
-        if not ref_exists(f"{folder}/{CONFIG_FILE}", opts):
+        if not checks.exists(f"{folder}/{CONFIG_FILE}", "CLIP folder config"):
             raise ModelLoadError(f"CLIP folder {config.model} has no {CONFIG_FILE} (open_clip hub layout)")
         return
     model_cfg = open_clip.get_model_config(config.model)
@@ -244,44 +250,67 @@ def check_clip_model(config: ClipModelConfig, storage_options: dict[str, Any] | 
         raise ModelLoadError(f"unknown open_clip model {config.model!r} (see open_clip.list_models())")
     if not config.pretrained:
         raise InvalidInput(f"CLIP model {config.model} needs 'pretrained': a tag or a checkpoint file")
-    tag_cfg = open_clip.get_pretrained_cfg(config.model, config.pretrained)
-    if tag_cfg:
-        if tag_cfg.get("quick_gelu", False) != model_cfg.get("quick_gelu", False):
-            raise InvalidInput(
-                f"pretrained {config.pretrained!r} was trained with quick_gelu={tag_cfg.get('quick_gelu', False)}; "
-                f"use the matching architecture (e.g. {config.model}-quickgelu for OpenAI weights)"
-            )
-    elif not ref_exists(config.pretrained, opts):
-        tags = open_clip.list_pretrained_tags_by_model(config.model)
+    tags = open_clip.list_pretrained_tags_by_model(config.model)
+    if open_clip.get_pretrained_cfg(config.model, config.pretrained):
+        if config.tag:
+            raise InvalidInput(f"'tag' is for checkpoint files; {config.pretrained!r} is already a tag of {config.model}")
+        _check_quick_gelu(config.model, config.pretrained, model_cfg)
+        return
+    if not checks.exists(config.pretrained, "CLIP weights"):
         raise ModelLoadError(
-            f"CLIP weights {config.pretrained!r} for {config.model}: not a file and not a known tag "
-            f"({', '.join(tags) or 'none'})"
+            f"CLIP weights {config.pretrained!r} for {config.model}: not a file and not a known tag ({', '.join(tags) or 'none'})"
         )
+    if config.tag:
+        if not open_clip.get_pretrained_cfg(config.model, config.tag):
+            raise ModelLoadError(f"{config.tag!r} is not an open_clip tag of {config.model} ({', '.join(tags) or 'none'})")
+        _check_quick_gelu(config.model, config.tag, model_cfg)
+    elif not (config.mean and config.std):
+        raise InvalidInput(
+            f"CLIP checkpoint {config.pretrained} does not say how it was trained: give 'tag' (the {config.model} "
+            f"tag it was trained like: {', '.join(tags) or 'none'}) or its 'mean' and 'std'"
+        )
+
+
+def _check_quick_gelu(model: str, tag: str, model_cfg: dict) -> None:
+    trained = open_clip.get_pretrained_cfg(model, tag).get("quick_gelu", False)
+    if trained != model_cfg.get("quick_gelu", False):
+        raise InvalidInput(
+            f"pretrained {tag!r} was trained with quick_gelu={trained}; "
+            f"use the matching architecture (e.g. {model}-quickgelu for OpenAI weights)"
+        )
+
+
+def _preprocess_overrides(config: ClipModelConfig) -> dict[str, Any]:
+    """The preprocessing a checkpoint file's tag names, then the spec's own fields (open_clip merges these last)."""
+    tag_cfg = open_clip.get_pretrained_cfg(config.model, config.tag) if config.tag else {}
+    out = {key: tag_cfg[key] for key in PREPROCESS_FIELDS if tag_cfg.get(key) is not None}
+    out.update({key: getattr(config, key) for key in PREPROCESS_FIELDS if getattr(config, key) is not None})
+    return out
 
 
 def load_clip(
     config: ClipModelConfig, device: torch.device | str = "cpu", storage_options: dict[str, Any] | None = None
 ) -> ClipEncoder:
-    """A frozen ClipEncoder for one spec entry (checkpoint files and folders may be local or URIs)."""
+    """A frozen float32 ClipEncoder for one spec entry (checkpoint files and folders may be local or URIs)."""
     opts = storage_options or {}
-    check_clip_model(config, opts)
+    check_clip_model(config, Checks(opts))
     label = f"{config.model}/{config.pretrained}" if config.pretrained else config.model
     try:
-        if _is_folder(config.model):
-            name, pretrained = LOCAL_DIR + local_copy(config.model.removeprefix(LOCAL_DIR), opts), None
+        if _own_config(config.model):
+            folder = _is_folder(config.model)
+            name = LOCAL_DIR + local_copy(config.model.removeprefix(LOCAL_DIR), opts) if folder else config.model
+            pretrained = None
         else:
             tag = open_clip.get_pretrained_cfg(config.model, config.pretrained)
             name, pretrained = config.model, config.pretrained if tag else local_copy(config.pretrained, opts)
-        model = open_clip.create_model(name, pretrained=pretrained, device=device, weights_only=True)
+        model = open_clip.create_model(
+            name, pretrained=pretrained, precision="fp32", device=device, weights_only=True,
+            force_preprocess_cfg=_preprocess_overrides(config),
+        )  # fmt: skip
         tokenizer = open_clip.get_tokenizer(name)
     except (InvalidInput, ModelLoadError):
         raise
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError for bad weights or downloads
         raise ModelLoadError(f"could not load CLIP {label}: {type(exc).__name__}: {exc}") from None
-    preprocess = model.visual.preprocess_cfg
-    size = preprocess["size"]
-    input_size = (size, size) if isinstance(size, int) else tuple(size)
-    encoder = ClipEncoder(
-        model, tokenizer, input_size, config.mean or preprocess["mean"], config.std or preprocess["std"], label
-    )
+    encoder = ClipEncoder(model.float(), tokenizer, from_open_clip(model.visual.preprocess_cfg), label)
     return encoder.to(device).eval().requires_grad_(False)
