@@ -36,7 +36,8 @@ def test_timm_checkpoint_uses_timm_preprocessing(tmp_path):
     labels = ["a", "b", "c", "d", "e"]
     guide = load(model="timm:test_resnet", weights=str(save_timm(tmp_path / "r.safetensors")), labels=labels)
     assert guide.input_size == (160, 160) and guide.num_classes == 5
-    assert torch.allclose(guide.mean.flatten(), torch.tensor([0.5] * 3))
+    assert guide.preprocess.resize == (168, 168) and guide.preprocess.interpolation == "bilinear"  # crop_pct 0.95
+    assert guide.preprocess.mean == (0.5,) * 3
     assert guide.validate_target("c") == 2
     check_gradient(guide, 2)
 
@@ -44,7 +45,8 @@ def test_timm_checkpoint_uses_timm_preprocessing(tmp_path):
 def test_torchvision_checkpoint_uses_torchvision_preprocessing(tmp_path):
     guide = load(model="torchvision:mobilenet_v3_small", weights=str(save_torchvision(tmp_path / "m.pth")), num_classes=4)
     assert guide.input_size == (224, 224) and guide.num_classes == 4
-    assert torch.allclose(guide.mean.flatten(), torch.tensor(IMAGENET_MEAN))
+    assert guide.preprocess.resize == (256, 256) and guide.preprocess.mean == tuple(IMAGENET_MEAN)
+    assert guide.labels is None  # a checkpoint's classes are not the default weights' categories
     check_gradient(guide, 3)
 
 
@@ -52,8 +54,9 @@ def test_transformers_folder_labels_and_processor(tmp_path):
     folder = save_hf_classifier(tmp_path / "vit")
     guide = load(model=f"hf:{folder}")
     assert guide.input_size == (24, 24) and guide.labels == HF_LABELS
-    assert torch.allclose(guide.mean.flatten(), torch.tensor(HF_MEAN))
-    assert torch.allclose(guide.std.flatten(), torch.tensor(HF_STD))
+    x = torch.rand(1, 3, 24, 24)
+    by_hand = (x - torch.tensor(HF_MEAN).view(1, 3, 1, 1)) / torch.tensor(HF_STD).view(1, 3, 1, 1)
+    assert torch.allclose(guide.preprocess(x), by_hand, atol=1e-5)
     assert guide.validate_target("Blue Jay") == 1 and guide.validate_target(2) == 2
     with pytest.raises(InvalidInput, match="not among"):
         guide.validate_target("ostrich")
@@ -69,8 +72,8 @@ def test_torchscript_with_spec_overrides(tmp_path):
     path = save_tiny_classifier(tmp_path / "c.pt", classes=3, labels=["x", "y", "z"])
     guide = load(model=str(path), mean=(0.2, 0.2, 0.2))
     assert guide.input_size == (16, 16) and guide.labels == ["x", "y", "z"]
-    assert torch.allclose(guide.mean.flatten(), torch.tensor([0.2] * 3))
-    assert torch.allclose(guide.std.flatten(), torch.tensor([0.5] * 3))  # from the file's doodl.json
+    assert guide.preprocess.mean == (0.2,) * 3
+    assert guide.preprocess.std == (0.5,) * 3  # from the file's doodl.json
     score = guide.scores(torch.rand(2, 3, 16, 16), [0, 2])["classifier"]
     assert score.shape == (2,) and ((0 < score) & (score < 1)).all()
 
@@ -112,3 +115,48 @@ def test_one_channel_torchscript_classifier_through_the_spec(tmp_path):
     guide = build_guidance(parse_guidance_config({"type": "classifier", "model": str(path)}))
     assert guide.num_classes == 10
     assert guide.loss(torch.rand(2, 1, 16, 16), [3, 4], None).shape == (2,)
+
+
+def test_labels_are_the_models_own_or_the_specs(tmp_path):
+    """A 1000-way checkpoint gets no ImageNet names for its class count; `labels: imagenet` names them."""
+    weights = str(save_timm(tmp_path / "r1000.safetensors", classes=1000))
+    unnamed = load(model="timm:test_resnet", weights=weights)
+    assert unnamed.labels is None and unnamed.validate_target(1) == 1
+    with pytest.raises(InvalidInput, match="no labels"):
+        unnamed.validate_target("goldfish")
+    named = load(model="timm:test_resnet", weights=weights, labels="imagenet")
+    assert named.validate_target("goldfish") == 1
+
+
+def test_labels_from_a_bundled_set_or_a_label_file(tmp_path):
+    from doodl_ray.guidance.spec import static_labels
+
+    cub = parse_guidance_config({"type": "classifier", "model": "timm:test_resnet", "labels": "cub-200",
+                                 "weights": str(save_timm(tmp_path / "cub.safetensors", classes=200))})  # fmt: skip
+    assert len(static_labels(cub)) == 200 and static_labels(cub)[0] == "Black-footed Albatross"
+    assert build_guidance(cub).validate_target("laysan albatross") == 1
+    with pytest.raises(InvalidInput, match="200 labels for 10 classes"):
+        parse_guidance_config({"type": "classifier", "model": "timm:test_resnet", "labels": "cub-200", "num_classes": 10})
+    (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
+    listed = parse_guidance_config({"type": "classifier", "model": "x.pt", "labels": str(tmp_path / "labels.txt")})
+    assert static_labels(listed) == ["red", "green", "blue"]
+    fsspec.filesystem("memory").pipe("/labels/colours.txt", b"red\ngreen\nblue\n")
+    remote = parse_guidance_config({"type": "classifier", "model": "x.pt", "labels": "memory://labels/colours.txt"})
+    assert static_labels(remote) is None  # remote storage is not read without the model's own loading
+    (tmp_path / "gappy.txt").write_text("red\n\nblue\n")
+    for bad, match in (("gappy.txt", "line 2 is empty"), ("cub200", "not a bundled label set")):
+        config = parse_guidance_config({"type": "classifier", "model": "timm:test_resnet", "labels": str(tmp_path / bad)})
+        with pytest.raises(InvalidInput, match=match):
+            check_guidance(config)
+
+
+def test_transformers_checkpoints_load_in_float32_without_placeholder_labels(tmp_path):
+    from transformers import ViTForImageClassification
+
+    folder = save_hf_classifier(tmp_path / "vit")
+    model = ViTForImageClassification.from_pretrained(folder)
+    model.config.id2label, model.config.label2id = {i: f"LABEL_{i}" for i in range(3)}, {f"LABEL_{i}": i for i in range(3)}
+    model.half().save_pretrained(folder)  # a half-precision checkpoint saved without class names
+    guide = load(model=f"hf:{folder}")
+    assert guide.labels is None and all(p.dtype == torch.float32 for p in guide.parameters())
+    check_gradient(guide, 2)

@@ -2,8 +2,11 @@
 
 Every spec is validated by `parse_guidance_config` (bad fields -> InvalidInput) and statically checked by
 `check_guidance` (unknown model names, missing weight files, unreadable reference images -> InvalidInput /
-ModelLoadError) without loading any weights, so a job fails on the driver before any actor starts.
-`build_guidance` loads the frozen models."""
+ModelLoadError) without loading any weights, so a job fails on the driver before any actor starts; offline,
+it runs what needs no network and lists what it skipped. `build_guidance` loads the frozen models (float32,
+each with its own eval transform: see guidance.preprocess). Both take the diffusion model's decoded image
+shape, (C, H, W), for classifiers whose files do not say what input they take.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,12 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from doodl_ray.config import StrictModel, validation_problems
+from doodl_ray.data import LABEL_SETS, label_set
 from doodl_ray.errors import InvalidInput
-from doodl_ray.guidance.base import Guidance
+from doodl_ray.fetch import is_remote
+from doodl_ray.guidance.base import Checks, Guidance
 from doodl_ray.guidance.crops import MultiCrop
+from doodl_ray.guidance.labels import read_labels
 
 Weight = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 RGB = tuple[float, float, float]
@@ -36,22 +42,32 @@ class CropConfig(StrictModel):
 
 
 class ClipModelConfig(StrictModel):
-    """One open_clip model. Its input size and normalization come from open_clip's own pretrained config
-    for the tag (or the folder's open_clip_config.json); `mean`/`std` override them, e.g. for a checkpoint
-    file whose training normalization open_clip cannot know (a file gets open_clip's default, OpenAI's)."""
+    """One open_clip model. Its eval transform (size, resize mode, interpolation, mean, std) is open_clip's own
+    `preprocess_cfg`: the pretrained tag's, the folder's or hub repo's open_clip_config.json. A checkpoint file
+    says how it was trained: `tag` (a pretrained tag of the architecture it was trained like) or at least
+    `mean` and `std`; it never silently gets OpenAI's constants. The preprocessing fields override."""
 
     model: str = Field(
-        description="open_clip architecture (ViT-L-14-quickgelu, ViT-H-14, ViT-g-14, ...) or a folder, local or "
-        "URI, in open_clip's hub layout (open_clip_config.json + open_clip_model.safetensors)."
+        description="open_clip architecture (ViT-L-14-quickgelu, ViT-H-14, ViT-g-14, ...), hf-hub:ORG/REPO, or a "
+        "folder, local or URI, in open_clip's hub layout (open_clip_config.json + open_clip_model.safetensors)."
     )
     pretrained: str | None = Field(
         None,
         description="With an architecture name: an open_clip pretrained tag (openai, laion2b_s32b_b79k, ...) or a "
-        "checkpoint file, local or URI. Required there (a random CLIP is no guide); not allowed with a folder.",
+        "checkpoint file, local or URI. Required there (a random CLIP is no guide); not allowed with a folder or hub repo.",
+    )
+    tag: str | None = Field(
+        None,
+        description="With a checkpoint file: the open_clip pretrained tag of this architecture whose preprocessing "
+        "(and QuickGELU setting) the checkpoint was trained with.",
     )
     weight: Weight = Field(1.0, description="Weight of this model in the weighted mean over models.")
     mean: RGB | None = Field(None, description="Override of the model's normalization mean.")
     std: RGB | None = Field(None, description="Override of the model's normalization std.")
+    interpolation: Literal["bicubic", "bilinear"] | None = Field(None, description="Override of the resize interpolation.")
+    resize_mode: Literal["shortest", "longest", "squash"] | None = Field(
+        None, description="Override of open_clip's resize mode: short side + centre crop, long side + pad, or squash."
+    )
 
 
 def _default_clip_models() -> list[ClipModelConfig]:
@@ -91,12 +107,16 @@ class AestheticGuidanceConfig(StrictModel):
 
 class ClassifierGuidanceConfig(StrictModel):
     """Cross-entropy of an image classifier's logits with each item's target class (index or label).
-    Input size, normalization and labels come from the model's own config; the fields below override."""
+    The eval transform (resize, crop, normalization) and labels come from the model's own config; the fields
+    below override. Labels are only ever the model's own (timm `label_names`, torchvision categories,
+    transformers `id2label`, a file's doodl.json) or the spec's: a checkpoint without labels takes targets by
+    index unless `labels` names them."""
 
     type: Literal["classifier"] = "classifier"
     model: str = Field(
-        description="timm:NAME, torchvision:NAME, hf:HUB_ID_OR_FOLDER (local or URI), or a TorchScript file "
-        "(local or URI, optional doodl.json extra file with input_size/mean/std/labels)."
+        description="timm:NAME (also timm:hf-hub:ORG/REPO), torchvision:NAME, hf:HUB_ID_OR_FOLDER (local or URI), or a "
+        "TorchScript or torch.export (.pt2) file, local or URI, with an optional doodl.json extra file "
+        "(input_size/channels/mean/std/labels; missing fields come from the diffusion model's image shape)."
     )
     weights: str | None = Field(
         None,
@@ -104,8 +124,14 @@ class ClassifierGuidanceConfig(StrictModel):
         "torchvision also takes a weights enum name (DEFAULT, IMAGENET1K_V2). Default: the library's pretrained weights.",
     )
     num_classes: int | None = Field(None, ge=1, description="Head size of a checkpoint (default: len(labels) or the model's).")
-    labels: list[str] | None = Field(None, description="Class names, index order (default: the model's own).")
-    input_size: tuple[int, int] | None = Field(None, description="Override of the model's input size (H, W).")
+    labels: list[str] | str | None = Field(
+        None,
+        description="Class names in index order (default: the model's own): a list, a bundled label set "
+        f"({', '.join(sorted(LABEL_SETS))}), or a text file with one label per line, local or URI.",
+    )
+    input_size: tuple[int, int] | None = Field(
+        None, description="Override of the model's input size (H, W), keeping its framing; not for hf: models."
+    )
     mean: RGB | None = None
     std: RGB | None = None
     crops: CropConfig = CropConfig()
@@ -114,8 +140,12 @@ class ClassifierGuidanceConfig(StrictModel):
     def _weights_only_for_libraries(self) -> "ClassifierGuidanceConfig":
         if self.weights and not self.model.startswith(("timm:", "torchvision:")):
             raise ValueError("'weights' applies to timm: and torchvision: models only")
-        if self.labels and self.num_classes and len(self.labels) != self.num_classes:
-            raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
+        if self.input_size and self.model.startswith("hf:"):
+            raise ValueError("input_size does not apply to hf: models: their image processor fixes the input")
+        bundled = isinstance(self.labels, str) and self.labels in LABEL_SETS
+        count = len(label_set(self.labels)) if bundled else len(self.labels) if isinstance(self.labels, list) else 0
+        if count and self.num_classes and count != self.num_classes:
+            raise ValueError(f"{count} labels for {self.num_classes} classes")
         return self
 
 
@@ -189,30 +219,69 @@ def load_guidance_spec(path: str | Path) -> Any:
     return parse_guidance_config(data)
 
 
-def check_guidance(config: Any, storage_options: dict | None = None) -> None:
-    """Static checks that need no weights: model names exist, weight files and reference images are readable.
-    Raises InvalidInput / ModelLoadError; meant for the driver, before any actor starts."""
-    opts = storage_options or {}
+ImageShape = tuple[int, int, int]
+
+
+def check_guidance(
+    config: Any,
+    storage_options: dict | None = None,
+    image_shape: ImageShape | None = None,
+    offline: bool = False,
+) -> list[str]:
+    """Static checks that need no weights: model names exist, weight files, label files and reference images are
+    readable, the guide can take `image_shape` (C, H, W) images. With `image_shape`, classifier files are also
+    loaded on the CPU and probed with one such image, since only the program can say whether it fits.
+    Raises InvalidInput / ModelLoadError; meant for the driver, before any actor starts. Offline, checks that
+    need remote storage or a model hub are skipped; the return value describes each, one line (else [])."""
+    checks = Checks(storage_options or {}, offline)
+    if image_shape is not None and (len(image_shape) != 3 or not all(int(d) > 0 for d in image_shape)):
+        raise InvalidInput(f"image shape must be (channels, height, width), not {image_shape}")
+    _check(config, checks, tuple(image_shape) if image_shape else None)
+    return checks.skipped
+
+
+def _check(config: Any, checks: Checks, image_shape: ImageShape | None) -> None:
     if isinstance(config, CombinationGuidanceConfig):
         for term in config.terms:
-            check_guidance(term.guidance, opts)
+            _check(term.guidance, checks, image_shape)
+        return
+    if isinstance(config, ClassifierGuidanceConfig):
+        from doodl_ray.guidance.zoo import check_classifier
+
+        check_classifier(config, checks, image_shape)
     elif isinstance(config, (ClipTextGuidanceConfig, ClipImageGuidanceConfig)):
         from doodl_ray.guidance.clip import check_clip_model, read_reference
 
+        check_rgb(image_shape, "CLIP")
         for model in config.models:
-            check_clip_model(model, opts)
+            check_clip_model(model, checks)
         for ref in getattr(config, "references", []):
-            read_reference(ref, opts)
+            if checks.reachable(ref, "reference image"):
+                read_reference(ref, checks.storage_options)
     elif isinstance(config, AestheticGuidanceConfig):
         from doodl_ray.guidance.aesthetic import check_aesthetic
 
-        check_aesthetic(config, opts)
-    elif isinstance(config, ClassifierGuidanceConfig):
-        from doodl_ray.guidance.zoo import check_classifier
-
-        check_classifier(config, opts)
+        check_rgb(image_shape, "aesthetic guidance")
+        check_aesthetic(config, checks)
     else:
         raise TypeError(f"no checks for guidance spec {type(config).__name__}")
+
+
+def check_rgb(image_shape: ImageShape | None, what: str) -> None:
+    """RGB models take RGB images, or one-channel ones, repeated to RGB as PIL's convert("RGB") does."""
+    if image_shape is not None and image_shape[0] not in (1, 3):
+        raise InvalidInput(f"{what} takes RGB images; the diffusion model makes {image_shape[0]}-channel images")
+
+
+def static_labels(config: Any) -> list[str] | None:
+    """The class names a classifier spec fixes without loading a model or reading remote storage: its label
+    list, bundled label set or local label file (InvalidInput if unreadable); None otherwise (the model's own
+    labels need the model; a remote label file is read when the model is built)."""
+    if not isinstance(config, ClassifierGuidanceConfig) or config.labels is None:
+        return None
+    if isinstance(config.labels, str) and is_remote(config.labels):
+        return None
+    return read_labels(config.labels)
 
 
 def needs_model_to_validate(config: Any) -> bool:
@@ -222,18 +291,27 @@ def needs_model_to_validate(config: Any) -> bool:
     return isinstance(config, ClassifierGuidanceConfig)
 
 
-def build_guidance(config: Any, device: torch.device | str = "cpu", storage_options: dict | None = None) -> Guidance:
-    """Load the frozen guidance model a spec names, on `device` (checks the spec first)."""
+def build_guidance(
+    config: Any,
+    device: torch.device | str = "cpu",
+    storage_options: dict | None = None,
+    image_shape: ImageShape | None = None,
+) -> Guidance:
+    """Load the frozen guidance model a spec names, on `device` (checks the spec first). `image_shape` (C, H, W)
+    is what the diffusion model decodes to: a classifier file that does not describe its input takes that."""
     opts = storage_options or {}
     check_guidance(config, opts)
-    return _build(config, device, opts)
+    return _build(config, device, opts, tuple(image_shape) if image_shape else None)
 
 
-def _build(config: Any, device: torch.device | str, opts: dict) -> Guidance:
+def _build(config: Any, device: torch.device | str, opts: dict, image_shape: ImageShape | None) -> Guidance:
     if isinstance(config, CombinationGuidanceConfig):
         from doodl_ray.guidance.combination import CombinationGuidance
 
-        terms = [(name, t.weight, _build(t.guidance, device, opts)) for name, t in zip(config.term_names(), config.terms)]
+        terms = [
+            (name, t.weight, _build(t.guidance, device, opts, image_shape))
+            for name, t in zip(config.term_names(), config.terms)
+        ]
         return CombinationGuidance(terms)
     if isinstance(config, ClipTextGuidanceConfig):
         from doodl_ray.guidance.clip import ClipTextGuidance, load_clip
@@ -254,5 +332,5 @@ def _build(config: Any, device: torch.device | str, opts: dict) -> Guidance:
     if isinstance(config, ClassifierGuidanceConfig):
         from doodl_ray.guidance.zoo import load_classifier
 
-        return load_classifier(config, device, opts)
+        return load_classifier(config, device, opts, image_shape)
     raise TypeError(f"no builder for guidance spec {type(config).__name__}")
