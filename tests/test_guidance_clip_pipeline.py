@@ -65,7 +65,7 @@ def test_scores_equal_open_clips_own_pipeline_on_the_png(vit_b32):
     decoded = pil_to_tensor(Image.open(io.BytesIO(png))).float().div(255).unsqueeze(0)
     ours = guide.scores(decoded.expand(2, -1, -1, -1), TEXTS)["clip-text"]
     theirs = open_clip_scores(model, TAG_B32, png, TEXTS)
-    assert torch.allclose(ours, theirs, atol=2e-4), (ours, theirs)  # PNG quantization of the library's resize
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours, theirs)  # measured 4e-5 (PNG rounding in the library's resize); the former view: 9e-3
 
 
 def test_every_pixel_of_a_1024_image_gets_gradient_from_the_whole_frame(vit_b32):
