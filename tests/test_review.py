@@ -11,6 +11,8 @@ import io
 import json
 import logging
 import math
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -27,6 +29,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import cohen_kappa_score
 
 from doodl_ray.cli import main
+from doodl_ray.errors import InvalidInput
 from doodl_ray.jobs.storage import Storage
 from doodl_ray.jobs.writer import to_parquet
 from doodl_ray.review.app import create_app, make_review_server
@@ -326,8 +329,38 @@ def test_token_required_and_never_logged(tmp_path: Path, serve, caplog):
     assert "GET /ab" in logged and "s3cret" not in logged and "t%C3%B8ken" not in logged
 
 
+def test_review_command_serves_and_logs_no_token(tmp_path: Path):
+    a, _ = ab_runs(str(tmp_path), 2)
+    token = "pr1vate-token"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "doodl_ray.cli", "review", a.storage.uri, "--against", str(tmp_path / "none"),
+         "--port", "0", "--token", token], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "reviewing digits-doodl (2 rows) against digits-none" in process.stdout.readline()
+        url = process.stdout.readline().split()[1]
+        assert url.startswith("http://127.0.0.1:") and token not in url
+        port = int(urllib.parse.urlsplit(url).port)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", f"/ab?reviewer=eve&token={token}")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 302
+        conn.request("GET", "/ab?reviewer=eve", headers={"Cookie": response.getheader("Set-Cookie").split(";")[0]})
+        response = conn.getresponse()
+        assert response.status == 200 and "0 of 2" in response.read().decode()
+        conn.close()
+    finally:
+        process.terminate()
+        _, log = process.communicate(timeout=30)
+    assert "GET /ab?…" in log and token not in log
+
+
 def test_loopback_host_header_and_non_loopback_bind(tmp_path: Path, serve):
     a, b = ab_runs(str(tmp_path), 1)
+    other = str(tmp_path / "other")
+    write_run(other, [result_row(other, 0, "another id")], "other")
+    with pytest.raises(InvalidInput, match="share no item"):
+        create_app(a, VoteStore(str(tmp_path / "votes")), against=RunResults(other))
     server = serve(create_app(a, VoteStore(str(tmp_path / "votes")), against=b))
     assert server.request("GET", "/", headers={"Host": "localhost:1"})[0] == 200
     assert server.request("GET", "/", headers={"Host": "rebound.example.com"})[0] == 400
