@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -52,19 +52,25 @@ class DoodlConfig(StrictModel):
         description="Weight of the diffusion prior (the model's own denoising error on the result, an ELBO "
         "term) added to the guidance loss: keeps the optimized image on the data. 0: off (the reference).",
     )
-    prior_selection: float = Field(
+
+
+class PriorConfig(StrictModel):
+    """The diffusion prior (`methods/prior.py`: the model's own training loss on a result): where it is
+    evaluated, and its weight when results are ranked (best iterate, best candidate, best particle)."""
+
+    selection: float = Field(
         0.0,
         ge=0,
-        description="Weight of the diffusion prior in choosing the best iterate (guidance loss + weight * "
-        "prior): among iterates the guide likes, the most likely under the model. 0: guidance loss alone.",
+        description="Weight of the prior in ranking results (guidance loss + weight * prior): among results the "
+        "guide likes, the most likely under the model. 0: guidance loss alone.",
     )
-    prior_levels: tuple[float, ...] = Field(
+    levels: tuple[float, ...] = Field(
         (0.3, 0.5, 0.7),
         min_length=1,
         description="Noise levels of the prior, as fractions of the model's training timesteps.",
     )
 
-    @field_validator("prior_levels")
+    @field_validator("levels")
     @classmethod
     def _levels_in_range(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
         if not all(0 < level < 1 for level in levels):
@@ -72,14 +78,74 @@ class DoodlConfig(StrictModel):
         return levels
 
 
-class MethodConfig(StrictModel):
-    """Which generation method to run, and its settings."""
+class StopConfig(StrictModel):
+    """Per-item early stop: an item whose current result meets every threshold that is set stops spending
+    compute while the rest of its batch goes on (DOODL iterations, search candidates, refinement starts)."""
 
-    name: Literal["doodl", "one-step", "best-of-n", "none"] = "doodl"
+    guide_loss: float | None = Field(None, description="Stop once the unaugmented guidance loss is at most this.")
+    target_probability: float | None = Field(
+        None, gt=0, lt=1, description="Classifier guidance: stop once the target class's probability on the whole "
+        "image is at least this (the same as guide_loss = -ln p).",
+    )
+    prior: float | None = Field(None, gt=0, description="...and the diffusion prior is at most this.")
+
+    @model_validator(mode="after")
+    def _one_guide_threshold(self) -> "StopConfig":
+        if self.guide_loss is not None and self.target_probability is not None:
+            raise ValueError("give guide_loss or target_probability, not both")
+        if self.prior is not None and not self.enabled:
+            raise ValueError("a prior threshold needs a guide threshold (guide_loss or target_probability)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.guide_loss is not None or self.target_probability is not None
+
+
+class SearchConfig(StrictModel):
+    """search-refine: sample candidates, rank them (guide loss + prior.selection * prior), then run DOODL
+    from the best ones in turn with what is left of the budget."""
+
+    candidates: int | None = Field(None, ge=1, description="Candidates per item; default: `fraction` of the budget.")
+    fraction: float = Field(0.25, gt=0, le=1, description="Share of the budget spent on the search.")
+    starts: int = Field(1, ge=1, description="DOODL runs from the best candidates, in rank order, each stopping early.")
+
+
+class ParticleConfig(StrictModel):
+    """particles: Feynman-Kac steering (Singhal et al. 2025) with one-step potentials: particles per item on a
+    stochastic DDIM chain, resampled within each item by exp(temperature * reward change) of their x0 estimate."""
+
+    count: int | None = Field(None, ge=1, description="Particles per item; default: from the budget.")
+    temperature: float = Field(10.0, gt=0, description="lambda: how strongly the reward (-guide loss) tilts resampling.")
+    potential: Literal["difference", "max"] = Field(
+        "difference", description="difference: exp(lambda (r_t - r_prev)); max: exp(lambda max_s<=t r_s)."
+    )
+    interval: int = Field(5, ge=1, description="Resample every this many steps.")
+    eta: float = Field(1.0, ge=0, le=1, description="DDIM stochasticity (1: DDPM-like), so resampled copies diverge.")
+
+
+MethodName = Literal["none", "one-step", "best-of-n", "doodl", "search-refine", "particles"]
+
+
+class MethodConfig(StrictModel):
+    """Which generation method to run (`doodl_ray/methods/`), and its settings."""
+
+    name: MethodName = "doodl"
+    budget: int | None = Field(
+        None, ge=1, description="Compute per item in UNet evaluations (network passes, forward and VJP alike; "
+        "CFG counts 2): sets candidates / iterations / particles. None: each method's own counts.",
+    )
     guidance_scale: float = Field(1.0, ge=0, description="Scale s of the guidance loss (DOODL) or gradient (one-step).")
     normalize_gradient: bool = Field(
-        True, description="one-step: normalize the guidance gradient to unit RMS per image (the fair baseline)."
+        True, description="one-step: normalize the guidance gradient to unit RMS per image."
     )
-    candidates: int = Field(8, ge=1, description="best-of-n: number of unguided samples to pick from.")
+    candidates: int | None = Field(
+        None, ge=1, description="best-of-n: unguided samples to pick from (default 8); one-step: guided samples to "
+        "pick from (default 1). A budget sets it instead.",
+    )
     sampler: SamplerConfig = SamplerConfig()
     doodl: DoodlConfig = DoodlConfig()
+    prior: PriorConfig = PriorConfig()
+    stop: StopConfig = StopConfig()
+    search: SearchConfig = SearchConfig()
+    particles: ParticleConfig = ParticleConfig()

@@ -1,7 +1,9 @@
 """The engine: one model, one guidance and one method on one device; items in, images and scores out.
 
-This is what `doodl-ray generate` and every job worker call. Each item's randomness comes from its own
-seeded generator, so an item's result does not depend on which batch or position it ran in."""
+This is what `doodl-ray generate` and every job worker call. It loads the models once, turns a batch of
+items into a `methods.base.Problem` (initial latents from each item's seed, counted views of the model,
+decoder, guide and prior) and looks the method up by name. Each item's randomness comes from its own seeded
+generator, so an item's result does not depend on which batch or position it ran in."""
 
 from __future__ import annotations
 
@@ -14,19 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from doodl_ray.baselines import one_step_guided_eps
 from doodl_ray.config import MethodConfig
-from doodl_ray.denoiser import LatentTextDiffusion, PixelDiffusion
-from doodl_ray.doodl import doodl, images01
-from doodl_ray.edict import EpsFn, edict_sample
 from doodl_ray.errors import InvalidInput
 from doodl_ray.guidance.base import Guidance, evaluate
-from doodl_ray.models import load_diffusion
-from doodl_ray.prior import DiffusionPrior
-from doodl_ray.schedule import ddim_schedule
-
-GUIDED_METHODS = ("doodl", "one-step", "best-of-n")
-
+from doodl_ray.methods import GUIDED, METHODS
+from doodl_ray.methods.base import Batch, Compute, Problem, counted, images01, stop_rule
+from doodl_ray.methods.prior import DiffusionPrior
+from doodl_ray.models import Diffusion, load_diffusion
+from doodl_ray.sampling.chain import chain_sample
 
 @dataclass(frozen=True)
 class Item:
@@ -66,7 +63,7 @@ class Engine:
     """Loads the diffusion model and guidance once; `run` generates one batch of validated items."""
 
     def __init__(
-        self, model: str, guidance: Guidance | Any | None = None, method: MethodConfig = MethodConfig(),
+        self, model: str | Diffusion, guidance: Guidance | Any | None = None, method: MethodConfig = MethodConfig(),
         device: torch.device | str | None = None, dtype: torch.dtype | None = None,
         storage_options: dict[str, Any] | None = None, evaluation: Guidance | Any | None = None,
     ):
@@ -74,21 +71,27 @@ class Engine:
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.coupling_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
         self.method = method
-        if method.name in GUIDED_METHODS and guidance is None:
+        if method.name in GUIDED and guidance is None:
             raise InvalidInput(f"method {method.name!r} needs a guidance model")
+        self.diffusion = model if isinstance(model, Diffusion) else load_diffusion(model, self.device, self.dtype,
+                                                                                    storage_options)
+        sampler = method.sampler
+        self.latent_shape = tuple(self.diffusion.latent_shape(sampler.height, sampler.width))
+        self.image_shape = tuple(self.diffusion.image_shape(sampler.height, sampler.width))
         self.guidance = self._guide(guidance, storage_options)
         self.evaluation = self._guide(evaluation, storage_options)
-        self.diffusion = load_diffusion(model, self.device, self.dtype, storage_options)
-        self.latent_shape = self.diffusion.latent_shape(method.sampler.height, method.sampler.width)
-        self.schedule = ddim_schedule(self.diffusion.scheduler_config, method.sampler.steps)
+        self.stop = stop_rule(method, getattr(self.guidance, "name", None))
+        self.schedule = self.diffusion.schedule(sampler.steps, self.latent_shape)
+        config = method
+        self.needs_prior = bool(config.doodl.prior_weight or config.prior.selection or config.stop.prior)
 
     def validate(self, item: Item) -> Item:
         """Check an item before any GPU work; returns it with its target normalized."""
-        if isinstance(self.diffusion, LatentTextDiffusion) and not (item.prompt or "").strip():
+        if self.diffusion.needs_prompt and not (item.prompt or "").strip():
             raise InvalidInput(f"item {item.id!r}: this text-to-image model needs a non-empty prompt")
-        if isinstance(self.diffusion, PixelDiffusion) and self.diffusion.num_classes:
-            if item.class_label is None or not 0 <= int(item.class_label) < self.diffusion.num_classes:
-                raise InvalidInput(f"item {item.id!r}: class label must be in [0, {self.diffusion.num_classes})")
+        classes = getattr(self.diffusion, "num_classes", None)
+        if classes and (item.class_label is None or not 0 <= int(item.class_label) < classes):
+            raise InvalidInput(f"item {item.id!r}: class label must be in [0, {classes})")
         if not 0 <= int(item.seed) < 2**63:
             raise InvalidInput(f"item {item.id!r}: seed must be in [0, 2**63)")
         if self.evaluation is not None:
@@ -108,80 +111,66 @@ class Engine:
     def run(self, items: Sequence[Item]) -> list[ItemResult]:
         """Generate a batch of validated items with the configured method."""
         start = time.perf_counter()
+        problem = self.problem(items)
+        result = METHODS[self.method.name](problem, self.method)
+        first = result.first_image if result.first_image is not None else self._unguided(items, problem.noise)
         targets = [item.target for item in items]
-        generators = [torch.Generator().manual_seed(int(item.seed)) for item in items]
-        noise = self._noise(generators)
-        eps = self._eps(items)
-        method, sampler = self.method, self.method.sampler
-        best_iteration = [0] * len(items)
-        if method.name == "doodl":
-            result = doodl(
-                noise, self.schedule, eps, self._chain_loss(targets, generators),
-                lambda im: self._score(im, targets), self.diffusion.decode, method.doodl, generators,
-                sampler.mix, sampler.leapfrog, self._prior(eps),
-            )
-            image, initial_image, history = result.image, result.first_image, result.history
-            initial, best_iteration = history[0], result.best_iteration.tolist()
-        else:
-            initial_image = self._sample(noise, eps)
-            initial = self._score(initial_image, targets)
-            if method.name == "none":
-                image = initial_image
-            elif method.name == "one-step":
-                guided = one_step_guided_eps(
-                    eps, self.diffusion.decode, self.diffusion.alphas_cumprod,
-                    lambda im: self.guidance.loss(im, targets, generators), method.guidance_scale,
-                    method.normalize_gradient,
-                )
-                image = self._sample(noise, guided)
-            else:
-                image, best_iteration = self._best_of_n(items, eps, targets, initial_image, initial)
-        final = self._score(image, targets)
-        if method.name != "doodl":
-            history = torch.stack([initial, final])
-        terms = self._terms(image, targets)
-        scores = self._scores(items, image, initial_image)
+        initial, final = self._score(first, targets), self._score(result.image, targets)
+        terms = self._terms(result.image, targets)
+        scores = self._scores(items, result.image, first)
         seconds = (time.perf_counter() - start) / len(items)
-        pixels = (image * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        pixels, first_pixels = to_uint8(result.image), to_uint8(first)
         return [
             ItemResult(
-                item.id, pixels[i], float(initial[i]), float(final[i]), int(best_iteration[i]),
-                [float(h) for h in history[:, i]], {k: float(v[i]) for k, v in terms.items()}, scores[i], seconds,
+                item.id, pixels[i], float(initial[i]), float(final[i]), int(result.best_iteration[i]),
+                [float(h) for h in result.history[i]], {k: float(v[i]) for k, v in terms.items()}, scores[i],
+                seconds, problem.compute.item(i), noise_hash(problem.noise[i]), first_pixels[i],
             )
             for i, item in enumerate(items)
         ]
 
+    def problem(self, items: Sequence[Item]) -> Problem:
+        """The method's view of a batch: each item's noise, seed and generator, and counted model pieces."""
+        seeds = [int(item.seed) for item in items]
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        noise = self._noise(generators)
+        compute = Compute(len(items))
+        cfg = self.method.sampler.cfg_scale
+        passes = self.diffusion.passes(cfg)
+
+        def make_batch(rows: tuple[int, ...]) -> Batch:
+            chosen = [items[r] for r in rows]
+            eps = counted(self._condition(chosen), compute, rows, "unet", passes)
+            targets = [item.target for item in chosen]
+            loss = None
+            if self.guidance is not None:
+                loss = counted(lambda images, gens: self.guidance.loss(images, targets, gens), compute, rows, "guide")
+            prior = None
+            if self.needs_prior:
+                prior = DiffusionPrior(eps, self.diffusion.training_pair, self.method.prior.levels, self.latent_shape,
+                                       self.device, self.coupling_dtype)
+            return Batch(list(rows), eps, counted(self.diffusion.decode, compute, rows, "decode"), loss, prior)
+
+        def draw(candidate_seeds: Sequence[int]) -> Tensor:
+            return self._noise([torch.Generator().manual_seed(int(s)) for s in candidate_seeds])
+
+        return Problem(noise, seeds, self.schedule, self.method.sampler, generators, compute, passes, make_batch,
+                       draw, self.stop)
+
+    def _condition(self, items: Sequence[Item]):
+        prompts = [item.prompt for item in items] if self.diffusion.needs_prompt else None
+        labels = [item.class_label for item in items] if getattr(self.diffusion, "num_classes", None) else None
+        return self.diffusion.condition(prompts, labels, self.method.sampler.cfg_scale)
+
     def _noise(self, generators: Sequence[torch.Generator]) -> Tensor:
-        """Initial latents drawn on the CPU from each item's generator: identical on every device."""
+        """Initial latents drawn on the CPU from each generator: identical on every device."""
         noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators])
         return noise.to(self.device, self.coupling_dtype)
 
-    def _eps(self, items: Sequence[Item]) -> EpsFn:
-        if isinstance(self.diffusion, LatentTextDiffusion):
-            return self.diffusion.condition([item.prompt for item in items], self.method.sampler.cfg_scale)
-        return self.diffusion.condition([item.class_label for item in items] if self.diffusion.num_classes else None)
-
     @torch.no_grad()
-    def _sample(self, noise: Tensor, eps: EpsFn) -> Tensor:
-        x0, _ = edict_sample(noise, noise, self.schedule, eps, self.method.sampler.mix, self.method.sampler.leapfrog)
-        return images01(self.diffusion.decode(x0))
-
-    def _prior(self, eps: EpsFn) -> DiffusionPrior | None:
-        config = self.method.doodl
-        if not (config.prior_weight or config.prior_selection):
-            return None
-        return DiffusionPrior(
-            eps, self.diffusion.alphas_cumprod, config.prior_levels, self.latent_shape, self.device, self.coupling_dtype
-        )
-
-    def _chain_loss(self, targets: list, generators: Sequence[torch.Generator]):
-        scale = self.method.guidance_scale
-
-        def chain_loss(z0: Tensor) -> tuple[Tensor, Tensor]:
-            image = images01(torch.utils.checkpoint.checkpoint(self.diffusion.decode, z0, use_reentrant=False))
-            return scale * self.guidance.loss(image, targets, generators), image
-
-        return chain_loss
+    def _unguided(self, items: Sequence[Item], noise: Tensor) -> Tensor:
+        """The unguided single-chain sample from the items' noise, for reporting (not counted as the method's)."""
+        return images01(self.diffusion.decode(chain_sample(noise, self.schedule, self._condition(items))))
 
     @torch.no_grad()
     def _score(self, image: Tensor, targets: list) -> Tensor:
@@ -209,21 +198,12 @@ class Engine:
                     row.update(scores)
         return rows
 
-    def _best_of_n(self, items, eps, targets, first_image, first_score):
-        """Sample N candidates per item (candidate 0 is the item's own noise), keep the best by the guide."""
-        best_image, best_score = first_image.clone(), first_score.clone()
-        best_index = [0] * len(items)
-        for j in range(1, self.method.candidates):
-            generators = [torch.Generator().manual_seed(candidate_seed(item.seed, j)) for item in items]
-            image = self._sample(self._noise(generators), eps)
-            score = self._score(image, targets)
-            better = score < best_score
-            best_score = torch.where(better, score, best_score)
-            best_image[better.to(best_image.device)] = image[better.to(image.device)]
-            best_index = [j if b else i for i, b in zip(best_index, better.tolist())]
-        return best_image, best_index
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """[B, C, H, W] in [0, 1] -> [B, H, W, C] uint8."""
+    return (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def candidate_seed(seed: int, j: int) -> int:
-    """A stable seed for an item's j-th best-of-N candidate."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{j}".encode()).digest()[:8], "big") >> 1
+def noise_hash(noise: Tensor) -> str:
+    """sha256 of one item's initial latents as float32 in C order: the same noise hashes the same anywhere."""
+    return hashlib.sha256(noise.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()

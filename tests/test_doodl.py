@@ -32,15 +32,13 @@ def test_doodl_lowers_the_loss_and_returns_the_best_iterate(tiny_pixel, tiny_cla
 
 
 def test_noise_stays_on_its_initial_norm(tiny_pixel, tiny_classifier):
-    from doodl_ray.doodl import doodl
+    from doodl_ray.methods import METHODS
 
     engine = _engine(tiny_pixel, tiny_classifier, "adam", iterations=3)
-    item = engine.validate(Item(id="a", seed=1, target=2))
-    gens = [torch.Generator().manual_seed(1)]
-    noise = engine._noise(gens)
-    result = doodl(noise, engine.schedule, engine._eps([item]), engine._chain_loss([2], gens),
-                   lambda im: engine._score(im, [2]), engine.diffusion.decode, engine.method.doodl, gens, 0.93)
-    assert float(result.noise.norm()) == pytest.approx(float(noise.norm()), rel=1e-5)
+    problem = engine.problem([engine.validate(Item(id="a", seed=1, target=2))])
+    result = METHODS["doodl"](problem, engine.method)
+    assert result.best_iteration[0] > 0  # an optimized iterate, not the initial noise
+    assert float(result.noise.norm()) == pytest.approx(float(problem.noise.norm()), rel=1e-5)
 
 
 def test_same_item_same_result_in_any_batch(tiny_pixel, tiny_classifier):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from doodl_ray.edict import edict_invert, edict_sample, edict_step, edict_unstep
+from doodl_ray.sampling.edict import edict_invert, edict_sample, edict_step, edict_unstep
 from doodl_ray.models import load_diffusion
-from doodl_ray.schedule import ddim_schedule
+from doodl_ray.sampling.schedule import ddim_schedule
 
 
 def _rel(a, b):
@@ -16,7 +16,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("leapfrog", [True, False])
 def test_roundtrip_latent_pipeline_50_steps_float64(tiny_sd, leapfrog):
     model = load_diffusion(tiny_sd, dtype=torch.float64)
-    eps = model.condition(["a photo of a red bird", "an oil painting"], cfg_scale=5.0)
+    eps = model.condition(["a photo of a red bird", "an oil painting"], None, 5.0)
     schedule = ddim_schedule(model.scheduler_config, 50)
     z = torch.randn(2, *model.latent_shape(None, None), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     x, y = edict_sample(z, z, schedule, eps, 0.93, leapfrog)
@@ -28,7 +28,7 @@ def test_roundtrip_latent_pipeline_50_steps_float64(tiny_sd, leapfrog):
 @pytest.mark.parametrize("steps", [7, 8])  # odd and even counts: the inverse's parity must be the forward index
 def test_roundtrip_pixel_model_both_parities(tiny_pixel, steps):
     model = load_diffusion(tiny_pixel, dtype=torch.float64)
-    eps, schedule = model.condition(), ddim_schedule(model.scheduler_config, steps)
+    eps, schedule = model.condition(None, None, 1.0), ddim_schedule(model.scheduler_config, steps)
     x = torch.randn(1, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.randn(1, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     xs, ys = edict_sample(x, y, schedule, eps, 0.9)
@@ -38,7 +38,7 @@ def test_roundtrip_pixel_model_both_parities(tiny_pixel, steps):
 
 def test_single_step_inverse_with_swapped_order(tiny_pixel):
     model = load_diffusion(tiny_pixel, dtype=torch.float64)
-    eps, schedule = model.condition(), ddim_schedule(model.scheduler_config, 4)
+    eps, schedule = model.condition(None, None, 1.0), ddim_schedule(model.scheduler_config, 4)
     x, y = torch.randn(2, 1, 3, 16, 16, dtype=torch.float64)
     for k in range(4):
         xr, yr = edict_unstep(*edict_step(x, y, k, schedule, eps, 0.93), k, schedule, eps, 0.93)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig
-from doodl_ray.engine import Engine, Item, candidate_seed
+from doodl_ray.engine import Engine, Item
+from doodl_ray.methods.base import candidate_seed
 from doodl_ray.errors import InvalidInput, ModelLoadError
 from doodl_ray.guidance.classifier import load_torchscript_classifier
 from tests.tiny_models import save_tiny_pixel

@@ -4,17 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from doodl_ray.doodl import images01
-from doodl_ray.gradient import chain_gradient
+from doodl_ray.methods.base import images01
+from doodl_ray.sampling.gradient import chain_gradient
 from doodl_ray.models import load_diffusion
-from doodl_ray.schedule import ddim_schedule
+from doodl_ray.sampling.schedule import ddim_schedule
 from tests.tiny_models import TinyClassifier
 
 
 def _setup(path, text):
     model = load_diffusion(path, dtype=torch.float64)
     batch = 2
-    eps = model.condition(["a red bird", "a small dog"], cfg_scale=4.0) if text else model.condition()
+    eps = model.condition(["a red bird", "a small dog"], None, 4.0) if text else model.condition(None, None, 1.0)
     z = torch.randn(batch, *model.latent_shape(None, None), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     torch.manual_seed(0)
     classifier = TinyClassifier(3, 10).double().requires_grad_(False)

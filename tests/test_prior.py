@@ -1,21 +1,30 @@
 """The diffusion prior: its value against a closed form, its gradient through the whole sampler against
 plain autograd (float64), its role in choosing the best iterate, and its config checks."""
 
+import dataclasses
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
-from doodl_ray.config import DoodlConfig
-from doodl_ray.doodl import doodl, with_prior
+from doodl_ray.config import DoodlConfig, PriorConfig
 from doodl_ray.engine import Item
-from doodl_ray.gradient import chain_gradient
-from doodl_ray.prior import DiffusionPrior
-from doodl_ray.schedule import ddim_schedule
+from doodl_ray.methods import METHODS
+from doodl_ray.methods.prior import DiffusionPrior
+from doodl_ray.models.base import Diffusion
+from doodl_ray.sampling.gradient import chain_gradient
+from doodl_ray.sampling.schedule import ddim_schedule
 from tests.test_doodl import _engine
 from tests.test_gradient import _setup
 
 ALPHAS = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+
+
+def ddpm_training_pair(z0, noise, level):
+    """The base adapter's own training pair, on the ALPHAS schedule."""
+    return Diffusion.training_pair(SimpleNamespace(alphas_cumprod=ALPHAS), z0, noise, level)
 
 
 def point_mass_eps(center: torch.Tensor):
@@ -30,11 +39,11 @@ def point_mass_eps(center: torch.Tensor):
 
 def test_prior_is_the_closed_form_denoising_error_of_a_point_mass():
     center = torch.randn(1, 2, 4, 4, dtype=torch.float64)
-    prior = DiffusionPrior(point_mass_eps(center), ALPHAS, (0.3, 0.5, 0.7), (2, 4, 4), torch.device("cpu"), torch.float64)
-    assert prior.timesteps == [300, 500, 700]
+    prior = DiffusionPrior(point_mass_eps(center), ddpm_training_pair, (0.3, 0.5, 0.7), (2, 4, 4),
+                           torch.device("cpu"), torch.float64)
     z = torch.randn(3, 2, 4, 4, dtype=torch.float64)
     # eps - n = sqrt(a / (1 - a)) (z - c): the error is the distance to the data, weighted by the noise levels.
-    expected = sum(float(ALPHAS[t] / (1 - ALPHAS[t])) for t in prior.timesteps) / 3 * (z - center).pow(2).flatten(1).mean(1)
+    expected = sum(float(ALPHAS[t] / (1 - ALPHAS[t])) for t in (300, 500, 700)) / 3 * (z - center).pow(2).flatten(1).mean(1)
     torch.testing.assert_close(prior(z), expected)
     assert prior(center).abs().max() < 1e-20
 
@@ -43,8 +52,12 @@ def test_prior_is_the_closed_form_denoising_error_of_a_point_mass():
 def test_gradient_with_the_prior_term_equals_plain_autograd(tiny_sd, tiny_pixel, text):
     model, eps, z, chain_loss = _setup(tiny_sd if text else tiny_pixel, text)
     schedule = ddim_schedule(model.scheduler_config, 4)
-    prior = DiffusionPrior(eps, model.alphas_cumprod, (0.3, 0.6), model.latent_shape(None, None), z.device, torch.float64)
-    loss = with_prior(chain_loss, prior, 5.0)
+    prior = DiffusionPrior(eps, model.training_pair, (0.3, 0.6), model.latent_shape(None, None), z.device, torch.float64)
+
+    def loss(z0):
+        value, image = chain_loss(z0)
+        return value + 5.0 * prior(z0), image
+
     reference = chain_gradient(z, schedule, eps, loss, 0.93, True, "autograd")
     ours = chain_gradient(z, schedule, eps, loss, 0.93, True, "reversible")
     assert float((ours.grad - reference.grad).norm() / reference.grad.norm()) <= 1e-8
@@ -54,31 +67,36 @@ def test_gradient_with_the_prior_term_equals_plain_autograd(tiny_sd, tiny_pixel,
 
 def test_prior_selection_picks_the_iterate_with_the_lowest_combined_score(tiny_pixel, tiny_classifier):
     engine = _engine(tiny_pixel, tiny_classifier, iterations=5)
+    config = engine.method.model_copy(update={"prior": PriorConfig(selection=50.0, levels=(0.5,))})
+    engine.method, engine.needs_prior = config, True
     items = [engine.validate(Item(id=str(i), seed=20 + i, target=i)) for i in range(3)]
-    gens = [torch.Generator().manual_seed(20 + i) for i in range(3)]
-    eps = engine._eps(items)
-    base = DiffusionPrior(eps, engine.diffusion.alphas_cumprod, (0.5,), engine.latent_shape, engine.device, torch.float32)
+    problem = engine.problem(items)
     seen = []
 
-    def prior(z0):
-        value = base(z0)
-        seen.append(value.detach().double())
-        return value
+    def recording(rows):
+        batch = problem.make_batch(rows)
+        base = batch.prior
 
-    config = DoodlConfig(iterations=5, optimizer="normalized", lr=0.3, prior_selection=50.0)
-    result = doodl(engine._noise(gens), engine.schedule, eps, engine._chain_loss([0, 1, 2], gens),
-                   lambda im: engine._score(im, [0, 1, 2]), engine.diffusion.decode, config, gens, 0.93, prior=prior)
-    combined = result.history + 50.0 * torch.stack(seen)
-    assert result.best_iteration.tolist() == combined.argmin(0).tolist()
-    assert result.best_iteration.tolist() != result.history.argmin(0).tolist()  # the prior changed the choice
+        def prior(z0):
+            value = base(z0)
+            seen.append(value.detach().double().cpu())
+            return value
+
+        return dataclasses.replace(batch, prior=prior)
+
+    result = METHODS["doodl"](dataclasses.replace(problem, make_batch=recording), config)
+    history = torch.tensor(result.history).T  # [iterations + 1, items]
+    combined = history + 50.0 * torch.stack(seen)
+    assert result.best_iteration == combined.argmin(0).tolist()
+    assert result.best_iteration != history.argmin(0).tolist()  # the prior changed the choice
 
 
 def test_prior_in_the_engine_moves_results_towards_the_data(tiny_pixel, tiny_classifier):
     plain = _engine(tiny_pixel, tiny_classifier, iterations=4)
     with_prior_term = _engine(tiny_pixel, tiny_classifier, iterations=4, prior_weight=100.0)
     items = [plain.validate(Item(id=str(i), seed=30 + i, target=i)) for i in range(2)]
-    prior = DiffusionPrior(plain._eps(items), plain.diffusion.alphas_cumprod, (0.3, 0.5, 0.7), plain.latent_shape,
-                           plain.device, torch.float32)
+    prior = DiffusionPrior(plain.diffusion.condition(None, None, 1.0), plain.diffusion.training_pair, (0.3, 0.5, 0.7),
+                           plain.latent_shape, plain.device, torch.float32)
     with torch.no_grad():
         assert (prior(_model_range(with_prior_term.run(items))) < prior(_model_range(plain.run(items)))).all()
 
@@ -89,8 +107,6 @@ def _model_range(results) -> torch.Tensor:
 
 def test_prior_settings_are_checked():
     with pytest.raises(ValidationError, match="prior level"):
-        DoodlConfig(prior_levels=(0.5, 1.0))
+        PriorConfig(levels=(0.5, 1.0))
     with pytest.raises(ValidationError):
         DoodlConfig(prior_weight=-1)
-    with pytest.raises(ValueError, match="need a diffusion prior"):
-        doodl(torch.zeros(1, 1, 2, 2), None, None, None, None, None, DoodlConfig(prior_selection=1.0), [], 0.93)

@@ -35,8 +35,8 @@ def bench_model(size: int, device: str, dtype: torch.dtype):
     UNet's, are far larger than its latents and its weights: per-step stored latents stay negligible."""
     from diffusers import UNet2DModel
 
-    from doodl_ray.denoiser import PixelDiffusion
-    from doodl_ray.models import DEFAULT_PIXEL_SCHEDULER
+    from doodl_ray.models.load import DEFAULT_PIXEL_SCHEDULER
+    from doodl_ray.models.pixel import PixelDiffusion
 
     torch.manual_seed(0)
     unet = UNet2DModel(
@@ -49,11 +49,11 @@ def bench_model(size: int, device: str, dtype: torch.dtype):
 
 def worker(mode: str, steps: int, args: argparse.Namespace) -> dict:
     """One configuration: the first gradient sets the memory peak, the next `repeats` are timed."""
-    from doodl_ray.gradient import chain_gradient
-    from doodl_ray.schedule import ddim_schedule
+    from doodl_ray.sampling.gradient import chain_gradient
+    from doodl_ray.sampling.schedule import ddim_schedule
 
     model = bench_model(args.size, args.device, torch.float32)
-    eps = model.condition()
+    eps = model.condition(None, None, 1.0)
     schedule = ddim_schedule(model.scheduler_config, steps)
     z = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(args.device)
     target = torch.rand(z.shape, generator=torch.Generator().manual_seed(1)).to(args.device)
@@ -77,13 +77,13 @@ def worker(mode: str, steps: int, args: argparse.Namespace) -> dict:
 
 def roundtrip_errors(args: argparse.Namespace, steps: int = 50) -> dict[str, float]:
     """Relative error of invert(sample(z)) against z, in float64 and float32."""
-    from doodl_ray.edict import edict_invert, edict_sample
-    from doodl_ray.schedule import ddim_schedule
+    from doodl_ray.sampling.edict import edict_invert, edict_sample
+    from doodl_ray.sampling.schedule import ddim_schedule
 
     errors = {}
     for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
         model = bench_model(args.size, args.device, dtype)
-        eps, schedule = model.condition(), ddim_schedule(model.scheduler_config, steps)
+        eps, schedule = model.condition(None, None, 1.0), ddim_schedule(model.scheduler_config, steps)
         z = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0), dtype=dtype)
         z = z.to(args.device)
         with torch.no_grad():

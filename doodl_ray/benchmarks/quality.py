@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig
+from doodl_ray.config import DoodlConfig, MethodConfig, PriorConfig, SamplerConfig
 from doodl_ray.contact_sheet import contact_sheet
 from doodl_ray.digits import ASSETS_DIR
 from doodl_ray.digits.data import RARE_CLASSES, load_split, nearest_train_distance
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-weights", type=float, nargs="+", default=[0.0, 20.0],
                         help="DOODL runs at every budget with each weight of the diffusion prior in its loss "
                              "(0: the reference method, guide loss alone)")
-    parser.add_argument("--prior-selection", type=float, default=DoodlConfig().prior_selection,
+    parser.add_argument("--prior-selection", type=float, default=PriorConfig().selection,
                         help="weight of the diffusion prior in DOODL's best-iterate choice")
     parser.add_argument("--raw-scales", type=float, nargs="+", default=[0.1, 0.3, 1.0, 10.0],
                         help="one-step guidance scales on the raw gradient")
@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
         for iterations in args.iterations:
             outcomes[doodl_name(iterations, prior_weight)] = generate(MethodConfig(
                 name="doodl", guidance_scale=args.doodl_scale, sampler=sampler,
-                doodl=DoodlConfig(iterations=iterations, optimizer=args.optimizer, lr=args.lr,
-                                  prior_weight=prior_weight, prior_selection=args.prior_selection)))
+                doodl=DoodlConfig(iterations=iterations, optimizer=args.optimizer, lr=args.lr, prior_weight=prior_weight),
+                prior=PriorConfig(selection=args.prior_selection)))
     doodl_seconds = max(outcomes[doodl_name(max(args.iterations), w)].sec_per_image for w in args.prior_weights)
     n = int(min(args.max_candidates, max(1, round(doodl_seconds / outcomes["none"].sec_per_image))))
     outcomes[f"best-of-{n}"] = generate(MethodConfig(name="best-of-n", candidates=n, sampler=sampler))

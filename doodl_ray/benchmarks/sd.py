@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from doodl_ray.config import DoodlConfig
-from doodl_ray.denoiser import LatentTextDiffusion
+from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig
+from doodl_ray.models.sd import LatentTextDiffusion
 
 SD15_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
                   "num_train_timesteps": 1000, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
@@ -86,10 +86,10 @@ def sd15_components(tiny: bool):
 def run(args: argparse.Namespace) -> int:
     import torchvision
 
-    from doodl_ray.doodl import doodl, images01
+    from doodl_ray.engine import Engine, Item
     from doodl_ray.guidance.classifier import ClassifierGuidance
     from doodl_ray.guidance.crops import MultiCrop
-    from doodl_ray.schedule import ddim_schedule
+    from doodl_ray.guidance.preprocess import Preprocess
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     unet, vae, text_encoder = sd15_components(args.tiny)
@@ -98,26 +98,25 @@ def run(args: argparse.Namespace) -> int:
     model = LatentTextDiffusion(unet.to(device, dtype), vae.to(device, dtype), text_encoder.to(device, dtype),
                                 tokenizer, SD15_SCHEDULER)
     classifier = torchvision.models.resnet50(weights=None).to(device)
-    guide = ClassifierGuidance(classifier, 1000, (224, 224), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225],
-                               crops=MultiCrop(args.crops)).to(device)
-    eps = model.condition(["a photograph of an astronaut riding a horse"], cfg_scale=7.5)
-    schedule = ddim_schedule(SD15_SCHEDULER, args.steps)
-    generators = [torch.Generator().manual_seed(0)]
-    noise = torch.randn(1, *model.latent_shape(None, None), generator=generators[0]).to(device)
-
-    def chain_loss(z0):
-        image = images01(torch.utils.checkpoint.checkpoint(model.decode, z0, use_reentrant=False))
-        return guide.loss(image, [1], generators), image
+    preprocess = Preprocess(size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    guide = ClassifierGuidance(classifier, 1000, preprocess, crops=MultiCrop(args.crops)).to(device)
+    item = Item(id="bench", seed=0, prompt="a photograph of an astronaut riding a horse", target=1)
+    sampler = SamplerConfig(steps=args.steps, cfg_scale=7.5)
 
     def run_doodl(iterations: int) -> float:
-        config = DoodlConfig(iterations=iterations, gradient=args.gradient)
+        method = MethodConfig(name="doodl", sampler=sampler, doodl=DoodlConfig(iterations=iterations,
+                                                                                gradient=args.gradient))
+        engine = Engine(model, guide, method, device=device, dtype=dtype)
         _sync(device)
         start = time.perf_counter()
-        doodl(noise, schedule, eps, chain_loss, lambda im: guide.loss(im, [1], None), model.decode, config,
-              generators, 0.93)
+        engine.run([engine.validate(item)])
         _sync(device)
         return time.perf_counter() - start
 
+    engine = Engine(model, guide, MethodConfig(name="none", sampler=sampler), device=device, dtype=dtype)
+    eps = model.condition([item.prompt], None, 7.5)
+    schedule = engine.schedule
+    noise = engine.problem([item]).noise
     with torch.no_grad():
         for _ in range(2):
             eps(noise, schedule.timesteps[0])

@@ -10,7 +10,16 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig, validation_problems
+from doodl_ray.config import (
+    DoodlConfig,
+    MethodConfig,
+    ParticleConfig,
+    PriorConfig,
+    SamplerConfig,
+    SearchConfig,
+    StopConfig,
+    validation_problems,
+)
 from doodl_ray.errors import InvalidInput
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -28,17 +37,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluation-spec", type=Path,
                    help="YAML guidance spec of an independent model that scores the image before and after")
     p.add_argument("--target", help="guidance target: class index or name, text, ...")
-    p.add_argument("--method", choices=["doodl", "one-step", "best-of-n", "none"], default="doodl")
+    p.add_argument("--method", choices=list(MethodConfig.model_fields["name"].annotation.__args__), default="doodl",
+                   help="doodl, search-refine (search then DOODL), best-of-n, one-step (single-chain x0 guidance), "
+                        "particles (FK steering), none")
+    p.add_argument("--budget", type=int, help="compute per item in UNet evaluations (sets candidates/iterations)")
     p.add_argument("--iterations", type=int, default=DoodlConfig().iterations)
     p.add_argument("--optimizer", choices=["reference", "normalized", "adam"], default="reference")
     p.add_argument("--lr", type=float, default=DoodlConfig().lr)
     p.add_argument("--gradient", choices=["checkpoint", "reversible"], default="checkpoint")
     p.add_argument("--prior-weight", type=float, default=DoodlConfig().prior_weight,
                    help="DOODL: weight of the diffusion prior (the model's own denoising error) in the loss")
-    p.add_argument("--prior-selection", type=float, default=DoodlConfig().prior_selection,
-                   help="DOODL: weight of the diffusion prior in choosing the best iterate")
+    p.add_argument("--prior-selection", type=float, default=PriorConfig().selection,
+                   help="weight of the diffusion prior in ranking iterates, candidates and particles")
+    p.add_argument("--stop-probability", type=float, help="stop an item once its target class probability reaches this")
+    p.add_argument("--stop-loss", type=float, help="stop an item once its guidance loss is at most this")
+    p.add_argument("--stop-prior", type=float, help="...and its diffusion prior is at most this")
     p.add_argument("--guidance-scale", type=float, default=MethodConfig().guidance_scale)
-    p.add_argument("--candidates", type=int, default=MethodConfig().candidates, help="best-of-n: samples")
+    p.add_argument("--raw-gradient", action="store_true", help="one-step: do not normalize the guidance gradient")
+    p.add_argument("--candidates", type=int, help="best-of-n: samples (default 8); one-step: guided samples (1)")
+    p.add_argument("--search-candidates", type=int, help="search-refine: candidates (default: a share of the budget)")
+    p.add_argument("--search-starts", type=int, default=SearchConfig().starts,
+                   help="search-refine: DOODL restarts from the next-best candidates")
+    p.add_argument("--particles", type=int, help="particles: particles per item (default: from the budget)")
     p.add_argument("--steps", type=int, default=SamplerConfig().steps)
     p.add_argument("--cfg-scale", type=float, default=SamplerConfig().cfg_scale)
     p.add_argument("--mix", type=float, default=SamplerConfig().mix, help="EDICT mixing weight p")
@@ -54,11 +74,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def method_from_args(args: argparse.Namespace) -> MethodConfig:
     try:
         return MethodConfig(
-            name=args.method, guidance_scale=args.guidance_scale, candidates=args.candidates,
+            name=args.method, budget=args.budget, guidance_scale=args.guidance_scale,
+            normalize_gradient=not args.raw_gradient, candidates=args.candidates,
             sampler=SamplerConfig(steps=args.steps, cfg_scale=args.cfg_scale, mix=args.mix,
                                   height=args.height, width=args.width),
             doodl=DoodlConfig(iterations=args.iterations, optimizer=args.optimizer, lr=args.lr, gradient=args.gradient,
-                              prior_weight=args.prior_weight, prior_selection=args.prior_selection),
+                              prior_weight=args.prior_weight),
+            prior=PriorConfig(selection=args.prior_selection),
+            stop=StopConfig(target_probability=args.stop_probability, guide_loss=args.stop_loss, prior=args.stop_prior),
+            search=SearchConfig(candidates=args.search_candidates, starts=args.search_starts),
+            particles=ParticleConfig(count=args.particles),
         )
     except ValidationError as exc:
         raise InvalidInput(validation_problems(exc, "method")) from None
@@ -106,10 +131,11 @@ def run(args: argparse.Namespace) -> int:
         "method": method.model_dump(), "seed": args.seed, "target": item.target, "prompt": args.prompt,
         "initial_loss": result.initial_loss, "final_loss": result.final_loss,
         "best_iteration": result.best_iteration, "history": result.history, "terms": result.terms,
-        "scores": result.scores, "seconds": result.seconds,
+        "scores": result.scores, "seconds": result.seconds, "compute": result.compute, "noise_hash": result.noise_hash,
     }, indent=2))
     print(f"loss before: {result.initial_loss:.4f}  after: {result.final_loss:.4f}  "
-          f"(best iteration {result.best_iteration}, {result.seconds:.1f} s)")
+          f"(best iteration {result.best_iteration}, {result.compute['unet_evals']} UNet evaluations, "
+          f"{result.seconds:.1f} s)")
     if result.scores:
         print("scores: " + "  ".join(f"{name} {value:.4f}" for name, value in sorted(result.scores.items())))
     print(f"wrote {args.out} and {history_path}")

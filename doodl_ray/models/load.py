@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from doodl_ray.denoiser import Diffusion, LatentTextDiffusion, PixelDiffusion
+from doodl_ray.models.base import Diffusion
+from doodl_ray.models.pixel import PixelDiffusion
+from doodl_ray.models.sd import LatentTextDiffusion
 from doodl_ray.errors import ModelLoadError
 from doodl_ray.fetch import is_remote, local_copy
 

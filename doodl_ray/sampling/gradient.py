@@ -16,8 +16,8 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from doodl_ray.edict import EpsFn, edict_step, swapped, unmix
-from doodl_ray.schedule import DDIMSchedule
+from doodl_ray.sampling.edict import EpsFn, edict_step, swapped, unmix
+from doodl_ray.sampling.schedule import Schedule
 
 ChainLoss = Callable[[Tensor], tuple[Tensor, Tensor]]
 Mode = Literal["checkpoint", "reversible", "autograd"]
@@ -32,13 +32,25 @@ class ChainGradient:
     y0: Tensor
 
 
-def chain_gradient(
-    z: Tensor, schedule: DDIMSchedule, eps: EpsFn, chain_loss: ChainLoss, p: float, leapfrog: bool = True,
-    mode: Mode = "checkpoint",
-) -> ChainGradient:
-    """dL/dz for x_T = y_T = z, L = chain_loss(x_0) + chain_loss(y_0)."""
-    if mode == "autograd":
-        return _autograd(z, schedule, eps, chain_loss, p, leapfrog)
+@dataclass
+class ForwardPass:
+    """The no-grad forward chain from tied initial latents, kept for the backward pass."""
+
+    x0: Tensor
+    y0: Tensor
+    mode: Mode
+    inputs: list[tuple[Tensor, Tensor]]  # checkpoint mode: each step's input latents
+
+    def select(self, rows: Tensor | list[int]) -> "ForwardPass":
+        """The same pass for a subset of the batch (items that go on while others stopped)."""
+        pick = lambda t: t[rows]  # noqa: E731
+        return ForwardPass(pick(self.x0), pick(self.y0), self.mode, [(pick(x), pick(y)) for x, y in self.inputs])
+
+
+def chain_forward(
+    z: Tensor, schedule: Schedule, eps: EpsFn, p: float, leapfrog: bool = True, mode: Mode = "checkpoint"
+) -> ForwardPass:
+    """Run EDICT from x_T = y_T = z without grad; checkpoint mode stores each step's inputs."""
     inputs: list[tuple[Tensor, Tensor]] = []
     x, y = z, z
     with torch.no_grad():
@@ -46,15 +58,33 @@ def chain_gradient(
             if mode == "checkpoint":
                 inputs.append((x, y))
             x, y = edict_step(x, y, k, schedule, eps, p, leapfrog)
-    x0, y0 = x, y
-    loss_x, gx, image = _loss_and_adjoint(chain_loss, x0)
-    loss_y, gy, _ = _loss_and_adjoint(chain_loss, y0)
+    return ForwardPass(x, y, mode, inputs)
+
+
+def chain_backward(
+    forward: ForwardPass, schedule: Schedule, eps: EpsFn, chain_loss: ChainLoss, p: float, leapfrog: bool = True
+) -> ChainGradient:
+    """dL/dz for L = chain_loss(x_0) + chain_loss(y_0), back through the chain `forward` ran."""
+    inputs = list(forward.inputs)
+    loss_x, gx, image = _loss_and_adjoint(chain_loss, forward.x0)
+    loss_y, gy, _ = _loss_and_adjoint(chain_loss, forward.y0)
+    x, y = forward.x0, forward.y0
     for k in reversed(range(len(schedule))):
-        if mode == "checkpoint":
+        if forward.mode == "checkpoint":
             x, y, gx, gy = _checkpoint_backward_step(*inputs.pop(), gx, gy, k, schedule, eps, p, leapfrog)
         else:
             x, y, gx, gy = _reversible_backward_step(x, y, gx, gy, k, schedule, eps, p, leapfrog)
-    return ChainGradient(loss_x + loss_y, gx + gy, image, x0, y0)
+    return ChainGradient(loss_x + loss_y, gx + gy, image, forward.x0, forward.y0)
+
+
+def chain_gradient(
+    z: Tensor, schedule: Schedule, eps: EpsFn, chain_loss: ChainLoss, p: float, leapfrog: bool = True,
+    mode: Mode = "checkpoint",
+) -> ChainGradient:
+    """dL/dz for x_T = y_T = z, L = chain_loss(x_0) + chain_loss(y_0)."""
+    if mode == "autograd":
+        return _autograd(z, schedule, eps, chain_loss, p, leapfrog)
+    return chain_backward(chain_forward(z, schedule, eps, p, leapfrog, mode), schedule, eps, chain_loss, p, leapfrog)
 
 
 def _loss_and_adjoint(chain_loss: ChainLoss, z0: Tensor) -> tuple[Tensor, Tensor, Tensor]:

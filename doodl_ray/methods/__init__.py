@@ -1,0 +1,29 @@
+"""Generation methods, one function each over the same arguments (`base.Problem`, `MethodConfig`), by name.
+
+Adding a method is one module with one function and one entry here (and its name in
+`config.MethodName`)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from doodl_ray.config import MethodConfig
+from doodl_ray.methods.base import MethodResult, Problem
+from doodl_ray.methods.best_of_n import best_of_n
+from doodl_ray.methods.doodl import doodl
+from doodl_ray.methods.none import none
+from doodl_ray.methods.one_step import one_step
+from doodl_ray.methods.particles import particles
+from doodl_ray.methods.search_refine import search_refine
+
+Method = Callable[[Problem, MethodConfig], MethodResult]
+
+METHODS: dict[str, Method] = {
+    "none": none,
+    "one-step": one_step,
+    "best-of-n": best_of_n,
+    "doodl": doodl,
+    "search-refine": search_refine,
+    "particles": particles,
+}
+GUIDED = tuple(name for name in METHODS if name != "none")

@@ -1,0 +1,189 @@
+"""What every method is given and what it returns, and how its compute is counted.
+
+A method is one function `method(problem, config) -> MethodResult` over plain tensors and functions (the
+k-diffusion `sampling.py` style): `problem.view(rows)` hands it the model output, decoder, guidance loss,
+unaugmented score and diffusion prior for any rows of its batch (a row is an item index; rows may repeat,
+e.g. one per particle), each counted per item. Counting is exact, not estimated: every call adds its
+network passes to the items of its rows, and a VJP is counted when autograd actually back-propagates
+through that call's output. `budget` is spent in UNet evaluations: forward passes plus VJPs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from doodl_ray.config import MethodConfig, SamplerConfig
+from doodl_ray.errors import InvalidInput, NonFiniteLoss
+from doodl_ray.sampling.edict import EpsFn
+from doodl_ray.sampling.schedule import Schedule
+
+COMPUTE_KEYS = ("unet_forward", "unet_vjp", "guide_forward", "guide_vjp", "decode_forward", "decode_vjp")
+
+
+class Compute:
+    """Per-item counts of model evaluations (keys: COMPUTE_KEYS)."""
+
+    def __init__(self, items: int):
+        self.counts = {key: [0] * items for key in COMPUTE_KEYS}
+
+    def add(self, key: str, rows: Sequence[int], amount: int = 1) -> None:
+        column = self.counts[key]
+        for row in rows:
+            column[row] += amount
+
+    def unet(self, item: int) -> int:
+        """UNet evaluations (forward + VJP) an item has cost so far: what budgets are in."""
+        return self.counts["unet_forward"][item] + self.counts["unet_vjp"][item]
+
+    def item(self, item: int) -> dict[str, int]:
+        return {key: column[item] for key, column in self.counts.items()} | {"unet_evals": self.unet(item)}
+
+
+class _CountBackward(torch.autograd.Function):
+    """Identity whose backward counts one VJP through the call that produced its input."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, tally: Callable[[], None]) -> Tensor:  # type: ignore[override]
+        ctx.tally = tally
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        ctx.tally()
+        return grad, None
+
+
+def counted(fn: Callable[..., Tensor], compute: Compute, rows: Sequence[int], kind: str, amount: int = 1):
+    """`fn` with its forward calls and VJPs counted for `rows` under `kind`_forward / `kind`_vjp."""
+    rows = list(rows)
+
+    def call(*args: Any) -> Tensor:
+        out = fn(*args)
+        compute.add(f"{kind}_forward", rows, amount)
+        if out.requires_grad:
+            out = _CountBackward.apply(out, lambda: compute.add(f"{kind}_vjp", rows, amount))
+        return out
+
+    return call
+
+
+@dataclass
+class Batch:
+    """The model pieces for some rows of a problem, every call counted for those rows' items."""
+
+    rows: list[int]
+    eps: EpsFn  # (z [len(rows), ...], t) -> model output
+    decode: Callable[[Tensor], Tensor]  # latents -> images in [-1, 1]
+    loss: Callable[[Tensor, Sequence[torch.Generator] | None], Tensor]  # images01 -> [len(rows)], augmented
+    prior: Callable[[Tensor], Tensor] | None  # clean latents -> [len(rows)] training loss
+
+    def score(self, images: Tensor) -> Tensor:
+        """Unaugmented guidance loss on the CPU in float64: what results are ranked and stopped by."""
+        with torch.no_grad():
+            return self.loss(images, None).to("cpu", torch.float64)
+
+    def prior_cpu(self, z0: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.prior(z0).to("cpu", torch.float64)
+
+
+@dataclass
+class Problem:
+    """One batch of items for a method: their initial latents and seeds, the schedule, and a counted view of
+    the models for any rows. `draw(seeds)` gives initial latents for other seeds (candidates, particles)."""
+
+    noise: Tensor  # [B, *latent] each item's initial latents
+    seeds: list[int]
+    schedule: Schedule
+    sampler: SamplerConfig
+    generators: list[torch.Generator]  # per item: crops, update noise, resampling
+    compute: Compute
+    passes: int  # network passes per item per eps call (2 with CFG): budgets are counted in passes
+    make_batch: Callable[[tuple[int, ...]], Batch]
+    draw: Callable[[Sequence[int]], Tensor]
+    stop: Callable[[Tensor, Tensor | None], Tensor] | None = None  # (score, prior) -> [n] bool: item is done
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._views = lru_cache(maxsize=64)(self.make_batch)
+
+    def __len__(self) -> int:
+        return self.noise.shape[0]
+
+    def view(self, rows: Sequence[int] | None = None) -> Batch:
+        return self._views(tuple(range(len(self)) if rows is None else rows))
+
+    def sample_cost(self) -> int:
+        """UNet evaluations of one single-chain sample."""
+        return len(self.schedule) * self.passes
+
+    def stopped(self, score: Tensor, prior: Tensor | None) -> Tensor:
+        """Which of these results meet the stopping rule ([n] bool; all False without a rule)."""
+        if self.stop is None:
+            return torch.zeros(score.shape[0], dtype=torch.bool)
+        return self.stop(score, prior)
+
+
+@dataclass
+class MethodResult:
+    """Per item: the result image, the latents it was sampled from, a score trace, and which step of the
+    method made it (DOODL iteration, candidate index, ...)."""
+
+    image: Tensor  # [B, C, H, W] in [0, 1]
+    noise: Tensor  # [B, *latent]
+    history: list[list[float]]  # per item: the unaugmented loss of each iterate / candidate, in order
+    best_iteration: list[int]
+    first_image: Tensor | None = None  # the unguided sample from the item's own noise, when the method made one
+
+
+def images01(decoded: Tensor) -> Tensor:
+    """Decoder output in [-1, 1] -> image in [0, 1]."""
+    return ((decoded + 1) / 2).clamp(0, 1)
+
+
+def unit_rms(t: Tensor) -> Tensor:
+    """Each item scaled to unit root-mean-square, so a step size means the same at every noise level."""
+    return t / t.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-30).view(-1, *[1] * (t.ndim - 1))
+
+
+def expand(mask: Tensor, like: Tensor) -> Tensor:
+    """A [B] mask shaped to broadcast over `like`, on its device."""
+    return mask.to(like.device).view(-1, *[1] * (like.ndim - 1))
+
+
+def check_finite(values: Tensor, what: str) -> None:
+    if not torch.isfinite(values).all():
+        bad = [i for i in range(values.shape[0]) if not torch.isfinite(values[i]).all()]
+        raise NonFiniteLoss(f"non-finite {what} (rows {bad})")
+
+
+def stop_rule(config: MethodConfig, guidance_kind: str | None) -> Callable[[Tensor, Tensor | None], Tensor] | None:
+    """The per-item stopping rule of `config.stop`, or None when none is set."""
+    stop = config.stop
+    if not stop.enabled:
+        return None
+    if stop.target_probability is not None and guidance_kind != "classifier":
+        raise InvalidInput("stop.target_probability needs classifier guidance; use stop.guide_loss")
+    max_loss = stop.guide_loss if stop.guide_loss is not None else -math.log(stop.target_probability)
+
+    def rule(score: Tensor, prior: Tensor | None) -> Tensor:
+        done = score <= max_loss
+        if stop.prior is not None:
+            done = done & (prior <= stop.prior)
+        return done
+
+    return rule
+
+
+def candidate_seed(seed: int, j: int) -> int:
+    """A stable seed for an item's j-th candidate noise (j = 0 is the item's own seed)."""
+    import hashlib
+
+    if j == 0:
+        return int(seed)
+    return int.from_bytes(hashlib.sha256(f"{seed}:{j}".encode()).digest()[:8], "big") >> 1

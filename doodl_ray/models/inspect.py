@@ -1,0 +1,122 @@
+"""What a model reference is, from its small JSON config files alone (no weights): its family and the
+images it makes. The driver and `doodl-ray validate` use this before any actor starts, so a missing model
+folder or an unsupported family is an error there, and a classifier's input can be checked against the
+images it will see."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from doodl_ray.errors import ModelLoadError
+from doodl_ray.fetch import is_remote
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+FAMILIES = {  # model_index.json `_class_name` -> family
+    "StableDiffusionPipeline": "sd",
+    "DDIMPipeline": "pixel",
+    "DDPMPipeline": "pixel",
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    family: str  # one of FAMILIES' values
+    image_shape: tuple[int, int, int]  # (C, H, W) of the decoded images at the native size
+    latent_scale: int  # image pixels per latent pixel (1 for pixel models)
+
+
+class _Skipped(Exception):
+    """A remote check that cannot run here (offline)."""
+
+
+def _read_json(ref: str, name: str, storage_options: dict[str, Any], offline: bool) -> dict[str, Any] | None:
+    """A JSON file inside a model folder, local, remote or on the hub; None if the folder has no such file."""
+    if is_remote(ref):
+        if offline:
+            raise _Skipped(f"model {ref} not checked (remote storage; offline)")
+        fs, path = fsspec.core.url_to_fs(ref, **storage_options)
+        target = f"{path.rstrip('/')}/{name}"
+        return json.loads(fs.cat_file(target)) if fs.exists(target) else None
+    folder = Path(ref.removeprefix("file://"))
+    if folder.exists():
+        return json.loads((folder / name).read_text()) if (folder / name).is_file() else None
+    if not HUB_ID.match(ref):
+        raise ModelLoadError(f"model {ref}: no such folder (and not a hub id such as org/name)")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return json.loads(Path(hf_hub_download(ref, name, local_files_only=offline)).read_text())
+    except LocalEntryNotFoundError:  # no cached copy and no hub (offline, HF_HUB_OFFLINE): a subclass of the next
+        raise _Skipped(f"model {ref} not checked (hub id; offline)") from None
+    except EntryNotFoundError:
+        return None
+    except Exception as exc:  # offline without a cached copy, unknown repo, network: many types
+        if offline or "offline" in str(exc).lower() or "local_files_only" in str(exc):
+            raise _Skipped(f"model {ref} not checked (hub id; offline)") from None
+        raise ModelLoadError(f"model {ref}: not a local folder, and the hub says {type(exc).__name__}") from None
+
+
+def inspect_model(ref: str, storage_options: dict[str, Any] | None = None, offline: bool = False) -> ModelInfo | None:
+    """The family and native image shape of a model reference; None when offline and it cannot be read.
+    ModelLoadError (one line) for a missing folder or an unsupported family."""
+    try:
+        return _inspect(ref, storage_options or {}, offline)
+    except _Skipped:
+        return None
+
+
+def check_model(ref: str, storage_options: dict[str, Any] | None = None, offline: bool = False) -> list[str]:
+    """Static checks of a model reference; returns the remote checks it skipped (offline), raises
+    ModelLoadError for a reference that is not a model of a supported family."""
+    try:
+        _inspect(ref, storage_options or {}, offline)
+    except _Skipped as skipped:
+        return [str(skipped)]
+    return []
+
+
+def _inspect(ref: str, opts: dict[str, Any], offline: bool) -> ModelInfo:
+    index = _read_json(ref, "model_index.json", opts, offline)
+    if index is None:
+        config = _read_json(ref, "config.json", opts, offline)
+        if config is None or config.get("_class_name") != "UNet2DModel":
+            raise ModelLoadError(f"model {ref} has neither model_index.json nor a UNet2DModel config.json")
+        return ModelInfo("pixel", _pixel_shape(config), 1)
+    family = FAMILIES.get(index.get("_class_name", ""))
+    if family is None:
+        raise ModelLoadError(f"model {ref}: {index.get('_class_name')!r} is not a supported family "
+                             f"(supported: {supported_families()})")
+    if family == "pixel":
+        return ModelInfo("pixel", _pixel_shape(_read_json(ref, "unet/config.json", opts, offline) or {}), 1)
+    unet = _read_json(ref, "unet/config.json", opts, offline) or {}
+    vae = _read_json(ref, "vae/config.json", opts, offline) or {}
+    scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+    side = int(unet.get("sample_size", 64)) * scale
+    return ModelInfo(family, (int(vae.get("out_channels", 3)), side, side), scale)
+
+
+def supported_families() -> str:
+    """'family (PipelineClass, ...)' for every supported family, for error messages."""
+    names: dict[str, list[str]] = {}
+    for pipeline, family in FAMILIES.items():
+        names.setdefault(family, []).append(pipeline)
+    return "; ".join(f"{family} ({', '.join(sorted(p))})" for family, p in sorted(names.items()))
+
+
+def image_shape(info: ModelInfo, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+    """The decoded image shape at a requested size (default: the model's native size)."""
+    channels, native_h, native_w = info.image_shape
+    return channels, height or native_h, width or native_w
+
+
+def _pixel_shape(config: dict[str, Any]) -> tuple[int, int, int]:
+    size = config.get("sample_size", 32)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(config.get("in_channels", 3)), int(h), int(w)
