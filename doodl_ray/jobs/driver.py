@@ -103,34 +103,110 @@ class _Slot:
     inflight: deque = field(default_factory=deque)
 
 
-def target_check(spec: JobSpec, storage_options: dict[str, Any]) -> Optional[TargetCheck]:
-    """The guidance (and evaluation) models' own target checks, so bad targets are rejected before any
-    actor starts. Every spec gets the static checks (names, files, references); only classifier guides are
-    loaded here, since class names and counts need the model. Other targets (texts, reference images) are
-    checked by each worker before it generates, and a bad one is still recorded as a rejected row."""
-    from doodl_ray.guidance.spec import build_guidance, check_guidance, needs_model_to_validate
+@dataclass
+class Preflight:
+    """What the checks before any actor starts found: the input plan (None when offline and the input is in
+    remote storage) and, offline, each check skipped for needing remote storage or a model hub, one line each."""
 
-    configs = [c for c in (spec.guidance, spec.evaluation) if c is not None]
+    plan: Optional[InputPlan]
+    skipped: list[str] = field(default_factory=list)
+
+
+def target_check(spec: JobSpec, storage_options: dict[str, Any],
+                 offline: bool = False) -> tuple[Optional[TargetCheck], list[str]]:
+    """The diffusion model's and the guidance (and evaluation) models' static checks, and their target checks,
+    so bad targets are rejected before any actor starts. Every spec gets the static checks (names, files,
+    references, the image shape the model decodes to); classifier targets are checked against the labels the
+    spec fixes (a list, a bundled set, a local file), else against the model's own, which is loaded here since
+    class names and counts need it. Other targets (texts, reference images) are checked by each worker before
+    it generates, and a bad one is still recorded as a rejected row. Offline, checks that need remote storage
+    or a model hub are skipped, a classifier with such files is not loaded, and the skipped checks are listed.
+    Returns the check (None: none to run here) and that list."""
+    from doodl_ray.guidance.spec import build_guidance, check_guidance, needs_model_to_validate, static_labels
+
+    shape, skipped = _model_check(spec, storage_options, offline) if spec.processor.name == "engine" else (None, [])
+    configs, loadable = [c for c in (spec.guidance, spec.evaluation) if c is not None], []
     for config in configs:
-        check_guidance(config, storage_options)
+        missed = check_guidance(config, storage_options, shape, offline)
+        skipped += missed
+        loadable.append(not missed)
     columns = spec.input.columns
-    configs = [c for c in configs if needs_model_to_validate(c)]
-    if not configs or spec.processor.name != "engine" or (columns.target is None and columns.reference is None):
-        return None
-    checks = [build_guidance(config, "cpu", storage_options).validate_target for config in configs]
+    if spec.processor.name != "engine" or (columns.target is None and columns.reference is None):
+        return None, skipped
+    checks = []
+    for config, can_load in zip(configs, loadable):
+        if not needs_model_to_validate(config):
+            continue
+        labels = static_labels(config)
+        if labels is not None:
+            checks.append(_labels_check(labels))
+        elif can_load and not (offline and _downloads_weights(config)):
+            checks.append(build_guidance(config, "cpu", storage_options, shape).validate_target)
+        else:
+            skipped.append(f"targets against the classes of {getattr(config, 'model', config.type)} (needs its files)")
+    if not checks:
+        return None, skipped
 
     def check(target: Any, prompt: Optional[str]) -> Any:
-        normalized = [validate(target, prompt) for validate in checks]
-        return normalized[0] if spec.guidance is not None and needs_model_to_validate(spec.guidance) else target
+        for validate in checks:
+            validate(target, prompt)
+        return target
 
-    return check
+    return check, skipped
+
+
+def _model_check(spec: JobSpec, storage_options: dict[str, Any], offline: bool) -> tuple[Any, list[str]]:
+    """The diffusion model reference (a supported family) and the (C, H, W) images it decodes to at the
+    sampler's size, for the guides' checks; offline, a remote model is not read: shape None, check skipped."""
+    from doodl_ray.models.inspect import check_model, image_shape, inspect_model
+
+    skipped = check_model(spec.model, storage_options, offline)
+    info = None if skipped else inspect_model(spec.model, storage_options, offline)
+    sampler = spec.method.sampler
+    return (image_shape(info, sampler.height, sampler.width) if info else None), skipped
+
+
+def _downloads_weights(config: Any) -> bool:
+    """Whether loading a guide fetches a library's pretrained weights (timm's from its hub, torchvision's from
+    its URLs) rather than reading a checkpoint file: what an offline check cannot load."""
+    from pathlib import Path
+
+    from doodl_ray.guidance.spec import ClassifierGuidanceConfig, CombinationGuidanceConfig
+
+    if isinstance(config, CombinationGuidanceConfig):
+        return any(_downloads_weights(term.guidance) for term in config.terms)
+    return (isinstance(config, ClassifierGuidanceConfig) and config.model.startswith(("timm:", "torchvision:"))
+            and (config.weights is None or not Path(config.weights).is_file()))
+
+
+def _labels_check(labels: list[str]) -> TargetCheck:
+    """A classifier's own target rule (a class index, or a name among its labels) over labels a spec fixes,
+    with no model loaded: the classifier below is never called."""
+    from torch import nn
+
+    from doodl_ray.guidance.classifier import ClassifierGuidance
+
+    return ClassifierGuidance(nn.Identity(), len(labels), labels=labels).validate_target
+
+
+def preflight(spec: JobSpec, offline: bool = False, check_targets: bool = True) -> Preflight:
+    """Every check before any actor starts: the model, guidance and evaluation references, the input's files,
+    columns, types, filter, ids and targets. What `validate` runs and `run` repeats; offline (`validate
+    --offline`), checks that need remote storage or a model hub are skipped and listed, and an input in remote
+    storage is not read (plan None)."""
+    from doodl_ray.fetch import is_remote
+
+    check, skipped = target_check(spec, spec.storage.fsspec_options("s3://"), offline) if check_targets else (None, [])
+    if offline and is_remote(spec.input.uri):
+        return Preflight(None, [*skipped, f"input {spec.input.uri} (remote storage)"])
+    return Preflight(read_input(spec, spec.storage.fsspec_options(spec.input.uri), check), skipped)
 
 
 def prepare(spec: JobSpec, check_targets: bool = True) -> InputPlan:
-    """Validate the input against the spec (and the guidance model's targets): what `validate` runs."""
-    options = spec.storage.fsspec_options(spec.input.uri)
-    check = target_check(spec, spec.storage.fsspec_options("s3://")) if check_targets else None
-    return read_input(spec, options, check)
+    """The input plan, after every check `preflight` runs online: what `run` does before any actor starts."""
+    plan = preflight(spec, check_targets=check_targets).plan
+    assert plan is not None  # online, the input is always read
+    return plan
 
 
 class Driver:
