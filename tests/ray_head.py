@@ -60,8 +60,16 @@ class RayHead:
     home: Path  # the head's HOME: .ray/auth_token holds TOKEN, as on a machine that ran `ray start --head`
 
 
+_HEADS: list[RayHead] = []
+
+
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[RayHead]:
+    """One head for the whole session (starting one takes seconds): the fixture is imported by several test
+    modules, each of which gets its own instance of it; the first starts the head, the others reuse it."""
+    if _HEADS:
+        yield _HEADS[0]
+        return
     ports = {flag: free_port() for flag in _PORT_FLAGS}
     temp_dir = Path(tempfile.mkdtemp(prefix="dr-head-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     home = temp_dir / "home"
@@ -81,7 +89,8 @@ def ray_head() -> Iterator[RayHead]:
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
         _wait_for(f"{url}/api/jobs/", head, temp_dir, timeout_s=180)
-        yield RayHead(url, f"http://127.0.0.1:{ports['metrics-export-port']}/metrics", temp_dir, home)
+        _HEADS.append(RayHead(url, f"http://127.0.0.1:{ports['metrics-export-port']}/metrics", temp_dir, home))
+        yield _HEADS[0]
     finally:
         head.send_signal(signal.SIGTERM)
         try:
