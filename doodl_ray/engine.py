@@ -19,7 +19,7 @@ from torch import Tensor
 from doodl_ray.config import MethodConfig
 from doodl_ray.errors import InvalidInput
 from doodl_ray.guidance.base import Guidance, evaluate
-from doodl_ray.methods import GUIDED, METHODS
+from doodl_ray.methods import GUIDED, METHODS, check_budget
 from doodl_ray.methods.base import Batch, Compute, Problem, counted, images01, stop_rule
 from doodl_ray.methods.prior import DiffusionPrior
 from doodl_ray.models import Diffusion, load_diffusion
@@ -82,6 +82,7 @@ class Engine:
         self.evaluation = self._guide(evaluation, storage_options)
         self.stop = stop_rule(method, getattr(self.guidance, "name", None))
         self.schedule = self.diffusion.schedule(sampler.steps, self.latent_shape)
+        check_budget(method, len(self.schedule) * self.diffusion.passes(sampler.cfg_scale))
         config = method
         self.needs_prior = bool(config.doodl.prior_weight or config.prior.selection or config.stop.prior)
 
@@ -101,11 +102,12 @@ class Engine:
         return replace(item, target=self.guidance.validate_target(item.target, item.prompt))
 
     def _guide(self, guidance: Guidance | Any | None, storage_options: dict[str, Any] | None) -> Guidance | None:
-        """A Guidance as given, or built from its spec, on this engine's device."""
+        """A Guidance as given, or built from its spec, on this engine's device; a classifier file that does
+        not say what it takes is given the images this model makes."""
         if guidance is not None and not isinstance(guidance, Guidance):
             from doodl_ray.guidance.spec import build_guidance
 
-            guidance = build_guidance(guidance, self.device, storage_options)
+            guidance = build_guidance(guidance, self.device, storage_options, image_shape=self.image_shape)
         return guidance.to(self.device) if guidance is not None else None
 
     def run(self, items: Sequence[Item]) -> list[ItemResult]:

@@ -27,3 +27,14 @@ METHODS: dict[str, Method] = {
     "particles": particles,
 }
 GUIDED = tuple(name for name in METHODS if name != "none")
+MIN_BUDGET = {"one-step": 2, "doodl": 2}  # in single-chain samples: a guided sample, an EDICT sample; others 1
+
+
+def check_budget(config: MethodConfig, sample_cost: int) -> None:
+    """A budget below what the method needs to make one image is an error before any work."""
+    need = MIN_BUDGET.get(config.name, 1) * sample_cost
+    if config.budget is not None and config.budget < need:
+        from doodl_ray.errors import InvalidInput
+
+        raise InvalidInput(f"method {config.name} needs a budget of at least {need} UNet evaluations at "
+                           f"{config.sampler.steps} steps (got {config.budget})")

@@ -122,6 +122,10 @@ class Problem:
         """UNet evaluations of one single-chain sample."""
         return len(self.schedule) * self.passes
 
+    def prior_cost(self, levels: int) -> int:
+        """UNet evaluations of one prior evaluation at `levels` noise levels."""
+        return levels * self.passes
+
     def stopped(self, score: Tensor, prior: Tensor | None) -> Tensor:
         """Which of these results meet the stopping rule ([n] bool; all False without a rule)."""
         if self.stop is None:
@@ -160,6 +164,11 @@ def check_finite(values: Tensor, what: str) -> None:
     if not torch.isfinite(values).all():
         bad = [i for i in range(values.shape[0]) if not torch.isfinite(values[i]).all()]
         raise NonFiniteLoss(f"non-finite {what} (rows {bad})")
+
+
+def ranks_by_prior(config: MethodConfig) -> bool:
+    """Whether results are ranked or stopped by the diffusion prior (so every result's prior is evaluated)."""
+    return bool(config.prior.selection) or config.stop.prior is not None
 
 
 def stop_rule(config: MethodConfig, guidance_kind: str | None) -> Callable[[Tensor, Tensor | None], Tensor] | None:

@@ -4,13 +4,13 @@ Candidate 0 is the item's own noise; an item whose candidate meets the stopping 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from doodl_ray.config import MethodConfig
-from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, expand, images01
+from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, ranks_by_prior
 from doodl_ray.sampling.chain import chain_sample
 
 
@@ -62,13 +62,18 @@ def keep_best(best: Best | None, j: int, image: Tensor, noise: Tensor, score: Te
 
 
 @torch.no_grad()
-def search(problem: Problem, count: int, selection: float, rows: list[int] | None = None) -> tuple[Best, Tensor, list]:
-    """Sample up to `count` candidates for each item (fewer once one meets the stopping rule).
-    Returns the best per item, which items met the rule, and every item's (value, candidate index) list."""
-    rows = list(range(len(problem))) if rows is None else rows
-    active, best, met = list(rows), None, torch.zeros(len(problem), dtype=torch.bool)
+def search(problem: Problem, config: MethodConfig, count: int, budgets: dict[int, int] | None = None
+           ) -> tuple[Best, Tensor, list]:
+    """Sample up to `count` candidates for each item: fewer once one meets the stopping rule or the next would
+    exceed the item's budget (an item always gets its first). Ranked by guide loss + prior.selection * prior.
+    Returns the best per item, which items met the rule, and every item's sorted (value, candidate) list."""
+    rank_prior = ranks_by_prior(config)
+    cost = problem.sample_cost() + (problem.prior_cost(len(config.prior.levels)) if rank_prior else 0)
+    active, best, met = list(range(len(problem))), None, torch.zeros(len(problem), dtype=torch.bool)
     ranked: list[list[tuple[float, int]]] = [[] for _ in range(len(problem))]
     for j in range(count):
+        if budgets is not None and j > 0:
+            active = [i for i in active if problem.compute.unet(i) + cost <= budgets[i]]
         if not active:
             break
         batch = problem.view(active)
@@ -76,13 +81,11 @@ def search(problem: Problem, count: int, selection: float, rows: list[int] | Non
         z0 = chain_sample(noise, problem.schedule, batch.eps)
         image = images01(batch.decode(z0))
         score = batch.score(image)
-        prior = batch.prior_cpu(z0) if batch.prior is not None else None
-        value = score + selection * prior if selection else score
+        prior = batch.prior_cpu(z0) if rank_prior else None
+        value = score + config.prior.selection * prior if config.prior.selection else score
         if best is None:
             best = empty_best(problem, image)
-            best.first_image = torch.zeros_like(best.image)
-        if j == 0:
-            best.first_image[torch.tensor(active).to(image.device)] = image
+            best.first_image = image.clone()
         best.update(active, j, image, noise, value, score)
         for r, i in enumerate(active):
             ranked[i].append((float(value[r]), j))
@@ -94,7 +97,7 @@ def search(problem: Problem, count: int, selection: float, rows: list[int] | Non
 
 def best_of_n(problem: Problem, config: MethodConfig) -> MethodResult:
     count = config.candidates or 8
+    budgets = None
     if config.budget is not None:
-        count = max(1, config.budget // problem.sample_cost())
-    best, _, _ = search(problem, count, config.prior.selection)
-    return best.result()
+        count, budgets = config.budget // problem.sample_cost() + 1, {i: config.budget for i in range(len(problem))}
+    return search(problem, config, count, budgets)[0].result()

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from doodl_ray.config import DoodlConfig, MethodConfig
-from doodl_ray.methods.base import Batch, MethodResult, Problem, check_finite, images01, unit_rms
+from doodl_ray.methods.base import Batch, MethodResult, Problem, check_finite, images01, ranks_by_prior, unit_rms
 from doodl_ray.methods.best_of_n import Best, empty_best
 from doodl_ray.sampling.gradient import ChainLoss, chain_backward, chain_forward
 
@@ -82,7 +82,11 @@ def optimize(problem: Problem, config: MethodConfig, rows: list[int], noise: Ten
     update = NoiseUpdate(z, d)
     position = {row: k for k, row in enumerate(rows)}
     met = torch.zeros(len(problem), dtype=torch.bool)
-    cost = {"forward": 2 * problem.sample_cost(), "backward": 4 * problem.sample_cost()}  # refined once measured
+    levels, rank_prior = len(config.prior.levels), ranks_by_prior(config)
+    cost = {  # UNet evaluations of an iterate's evaluation and of a gradient step: estimated, then measured
+        "forward": 2 * problem.sample_cost() + (problem.prior_cost(levels) if rank_prior else 0),
+        "backward": 4 * problem.sample_cost() + (4 * problem.prior_cost(levels) if d.prior_weight else 0),
+    }
     active, m = list(rows), -1
     for m in range(iterations + 1):
         if not active:
@@ -94,7 +98,7 @@ def optimize(problem: Problem, config: MethodConfig, rows: list[int], noise: Ten
         with torch.no_grad():
             image = images01(batch.decode(forward.x0))
         score = batch.score(image)
-        prior = batch.prior_cpu(forward.x0) if batch.prior is not None else None
+        prior = batch.prior_cpu(forward.x0) if rank_prior else None
         check_finite(score, f"guidance loss at iteration {m}")
         value = score + config.prior.selection * prior if config.prior.selection else score
         if best is None:

@@ -16,10 +16,11 @@ from doodl_ray.methods.doodl import optimize
 
 def search_refine(problem: Problem, config: MethodConfig) -> MethodResult:
     s, n = config.search, len(problem)
-    count = s.candidates or 8
-    if config.budget is not None and s.candidates is None:
-        count = max(1, int(s.fraction * config.budget) // problem.sample_cost())
-    best, met, ranked = search(problem, count, config.prior.selection)
+    count, search_budgets = s.candidates or 8, None
+    if config.budget is not None:
+        search_budgets = {i: max(1, int(s.fraction * config.budget)) for i in range(n)}
+        count = s.candidates or search_budgets[0] // problem.sample_cost() + 1
+    best, met, ranked = search(problem, config, count, search_budgets)
     offset = count  # DOODL iterates are numbered after the candidates
     for start in range(s.starts):
         rows = [i for i in range(n) if not met[i] and start < len(ranked[i])]

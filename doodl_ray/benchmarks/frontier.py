@@ -1,0 +1,226 @@
+"""Quality at every compute budget on the shipped digits models: each method at a ladder of budgets in UNet
+evaluations, both settings, paired tests between the best method and the best baseline.
+
+Every method starts from the same initial noise per (target, seed) and is guided by the same guide classifier
+through `Engine` with `method.budget` set, so compute is what the engine counted, not an estimate. Baselines as
+their authors run them: one-step x0 guidance on a single DDIM chain (best-of-k guided samples at larger budgets,
+its scale chosen by a sweep at one sample), best-of-N unguided search, and Feynman-Kac particle steering. The
+project's methods: DOODL (with and without the diffusion prior) and search-refine. An independent judge decides
+correctness; realistic-and-correct also requires the nearest-training-image distance to be within tau, the 95th
+percentile of that distance over real test images. Paired exact McNemar tests use the same items."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from doodl_ray.config import MethodConfig, ParticleConfig
+from doodl_ray.digits import ASSETS_DIR
+from doodl_ray.digits.data import RARE_CLASSES, load_split, nearest_train_distance
+
+BASELINES = ("one-step", "best-of-n", "particles")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named method setting; `min_budget` in single-chain samples below which it cannot run."""
+
+    label: str
+    config: dict[str, Any]
+    baseline: bool
+    min_budget: int = 1
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    """The methods compared, with the settings measured on held-out seeds (see BENCHMARKS.md)."""
+    doodl = dict(optimizer="normalized", lr=args.lr)
+    stop = dict(target_probability=args.stop_probability, prior=args.stop_prior)
+    out = [
+        Variant("none", dict(name="none"), True, 1),
+        Variant("best-of-n", dict(name="best-of-n"), True, 1),
+        Variant(f"one-step s={args.one_step_scale:g}", dict(name="one-step", guidance_scale=args.one_step_scale,
+                                                          normalize_gradient=False), True, 2),
+        Variant("particles", dict(name="particles", particles=dict(temperature=args.particle_temperature,
+                                                                   interval=args.particle_interval)), True, 1),
+        Variant("doodl", dict(name="doodl", doodl=doodl), False, 8),
+        Variant(f"doodl + prior {args.prior_weight:g}", dict(name="doodl", doodl=doodl | dict(prior_weight=args.prior_weight)),
+                False, 8),
+        Variant("search-refine", dict(name="search-refine", doodl=doodl | dict(prior_weight=args.prior_weight),
+                                      prior=dict(selection=args.prior_selection), stop=stop,
+                                      search=dict(fraction=args.search_fraction, starts=args.search_starts)), False, 1),
+    ]
+    return [v for v in out if args.methods is None or v.label.split(" ")[0] in args.methods]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", nargs="+", choices=["balanced", "rare"], default=["balanced", "rare"])
+    parser.add_argument("--assets", type=Path, default=ASSETS_DIR, help="folder with balanced/, rare/, guide.pt, judge.pt")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per target, balanced (10 targets)")
+    parser.add_argument("--rare-seeds", type=int, default=10, help="seeds per target, rare (targets 3, 5, 8)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + n - 1")
+    parser.add_argument("--steps", type=int, default=30, help="sampling steps for every method")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[1, 3, 10, 50.67, 152, 456],
+                        help="budgets in single-chain samples (x steps = UNet evaluations): 152 = DOODL-25, 50.67 = a third of it")
+    parser.add_argument("--methods", nargs="+", help="only these (none best-of-n one-step particles doodl search-refine)")
+    parser.add_argument("--crops", type=int, default=8, help="multi-crop augmentation for the guide")
+    parser.add_argument("--lr", type=float, default=0.05, help="DOODL's normalized step")
+    parser.add_argument("--prior-weight", type=float, default=20.0)
+    parser.add_argument("--prior-selection", type=float, default=10.0)
+    parser.add_argument("--stop-probability", type=float, default=0.9)
+    parser.add_argument("--stop-prior", type=float, default=0.05)
+    parser.add_argument("--search-fraction", type=float, default=0.25)
+    parser.add_argument("--search-starts", type=int, default=3)
+    parser.add_argument("--one-step-scale", type=float, default=0.3, help="raw one-step scale (the sweep's best)")
+    parser.add_argument("--particle-temperature", type=float, default=ParticleConfig().temperature)
+    parser.add_argument("--particle-interval", type=int, default=ParticleConfig().interval)
+    parser.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
+    parser.add_argument("--plot", type=Path, help="PNG: rate vs budget, a line per method, a panel per setting")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def run(args: argparse.Namespace) -> int:
+    tasks = [(setting, v, budget) for setting in args.settings for v in variants(args) for budget in args.budgets
+             if budget >= v.min_budget and (v.label != "none" or budget == args.budgets[0])]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
+        outcomes = list(pool.map(_task, [(args, *t) for t in tasks]))
+    report: dict[str, Any] = {"settings": {}, "steps": args.steps, "crops": args.crops,
+                              "seconds": time.perf_counter() - started}
+    for (setting, v, budget), outcome in zip(tasks, outcomes):
+        entry = report["settings"].setdefault(setting, {"methods": {}, **outcome.pop("setting")})
+        entry["methods"].setdefault(v.label, {"baseline": v.baseline, "config": v.config, "points": []})
+        entry["methods"][v.label]["points"].append({"budget": int(budget * args.steps), **outcome})
+    for entry in report["settings"].values():
+        entry["tests"] = paired_tests(entry["methods"], [int(b * args.steps) for b in args.budgets])
+    print(tables(report))
+    if args.plot:
+        plot(report, args.plot)
+        print(f"plot: {args.plot}")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def _one_thread() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+def _task(task: tuple) -> dict[str, Any]:
+    """One method at one budget on one setting's items: per-item outcomes and their summary."""
+    from doodl_ray.engine import Engine, Item
+    from doodl_ray.guidance.classifier import load_torchscript_classifier
+    from doodl_ray.guidance.crops import MultiCrop
+
+    args, setting, variant, budget = task
+    targets = list(RARE_CLASSES) if setting == "rare" else list(range(10))
+    seeds = range(args.first_seed, args.first_seed + (args.rare_seeds if setting == "rare" else args.seeds))
+    items = [Item(id=f"{t}-{s}", seed=1000 * s + t, target=t) for t in targets for s in seeds]
+    guide = load_torchscript_classifier(str(args.assets / "guide.pt"), crops=MultiCrop(args.crops))
+    judge = load_torchscript_classifier(str(args.assets / "judge.pt"))
+    method = MethodConfig.model_validate({**variant.config, "budget": int(budget * args.steps),
+                                          "sampler": {"steps": args.steps}})
+    engine = Engine(str(args.assets / setting), guide, method)
+    start = time.perf_counter()
+    results = engine.run([engine.validate(item) for item in items])
+    seconds = (time.perf_counter() - start) / len(items)
+    images = torch.from_numpy(np.stack([r.image for r in results])).permute(0, 3, 1, 2).float() / 255
+    train_x, _, test_x, _ = load_split()
+    real_nn = nearest_train_distance(test_x, train_x)
+    tau = float(torch.quantile(real_nn, 0.95))
+    labels = torch.tensor(targets).repeat_interleave(len(seeds))
+    with torch.no_grad():
+        judge_correct = judge.probabilities(images).argmax(1) == labels
+        guide_correct = guide.probabilities(images).argmax(1) == labels
+    nn = nearest_train_distance(images, train_x)
+    real_correct = judge_correct & (nn <= tau)
+    evals = [r.compute["unet_evals"] for r in results]
+    return {
+        "real_correct": float(real_correct.float().mean()), "judge_acc": float(judge_correct.float().mean()),
+        "guide_acc": float(guide_correct.float().mean()), "nn_dist": float(nn.mean()),
+        "unet_evals_mean": float(np.mean(evals)), "unet_evals_max": int(max(evals)), "sec_per_image": seconds,
+        "per_item": real_correct.int().tolist(),
+        "setting": {"targets": targets, "seeds": list(seeds), "tau": tau, "real_nn_dist": float(real_nn.mean()),
+                    "items": len(items)},
+    }
+
+
+def mcnemar_exact(a: list[int], b: list[int]) -> dict[str, float]:
+    """Exact two-sided McNemar test on paired binary outcomes: a binomial test on the discordant pairs."""
+    from scipy.stats import binomtest
+
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    p = 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
+    return {"only_best": only_a, "only_baseline": only_b, "p_value": p}
+
+
+def paired_tests(methods: dict[str, Any], budgets: list[int]) -> list[dict[str, Any]]:
+    """At each budget: the best project method vs the best baseline (by realistic-and-correct)."""
+    tests = []
+    for budget in budgets:
+        at = {label: next((p for p in m["points"] if p["budget"] == budget), None) for label, m in methods.items()}
+        ours = [(p["real_correct"], label) for label, p in at.items() if p and not methods[label]["baseline"]]
+        theirs = [(p["real_correct"], label) for label, p in at.items() if p and methods[label]["baseline"]]
+        if not ours or not theirs:
+            continue
+        (best_rate, best), (base_rate, base) = max(ours), max(theirs)
+        tests.append({"budget": budget, "best": best, "best_rate": best_rate, "baseline": base,
+                      "baseline_rate": base_rate, **mcnemar_exact(at[best]["per_item"], at[base]["per_item"])})
+    return tests
+
+
+def tables(report: dict[str, Any]) -> str:
+    lines = []
+    for setting, entry in report["settings"].items():
+        budgets = sorted({p["budget"] for m in entry["methods"].values() for p in m["points"]})
+        lines += [f"\n{setting}: {entry['items']} items (targets {entry['targets']} x {len(entry['seeds'])} seeds), "
+                  f"{report['steps']} steps; realistic-and-correct (judge correct, NN distance <= tau = {entry['tau']:.3f}) "
+                  "at each budget in UNet evaluations; mean evaluations used in brackets", "",
+                  "| method | " + " | ".join(str(b) for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+        for label, m in entry["methods"].items():
+            cells = {p["budget"]: f"{p['real_correct']:.2f} ({p['unet_evals_mean']:.0f})" for p in m["points"]}
+            kind = "" if not m["baseline"] else " (baseline)"
+            lines.append(f"| {label}{kind} | " + " | ".join(cells.get(b, "") for b in budgets) + " |")
+        lines += ["", "| budget | best method | rate | best baseline | rate | only best | only baseline | McNemar p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for t in entry["tests"]:
+            lines.append(f"| {t['budget']} | {t['best']} | {t['best_rate']:.2f} | {t['baseline']} | "
+                         f"{t['baseline_rate']:.2f} | {t['only_best']} | {t['only_baseline']} | {t['p_value']:.3g} |")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(report["settings"])
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for label, m in report["settings"][setting]["methods"].items():
+            points = sorted(m["points"], key=lambda p: p["budget"])
+            style = "--" if m["baseline"] else "-"
+            ax.plot([p["budget"] for p in points], [p["real_correct"] for p in points], style, marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("budget: UNet evaluations per image")
+        ax.set_ylabel("realistic and correct")
+        ax.set_title(f"{setting} ({report['settings'][setting]['items']} items)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,156 @@
+"""Every method through the registry: compute counted exactly (against hand counts), budgets kept, per-item
+early stop, batch independence, and the one-step baseline against a straightforward diffusers loop."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from doodl_ray.config import DoodlConfig, MethodConfig, ParticleConfig, SamplerConfig, SearchConfig, StopConfig
+from doodl_ray.engine import Engine, Item
+from doodl_ray.guidance.classifier import load_torchscript_classifier
+from doodl_ray.guidance.crops import MultiCrop
+from doodl_ray.methods import METHODS
+
+STEPS = 3
+
+
+def _method(name, **kw):
+    kw.setdefault("doodl", DoodlConfig(iterations=2, optimizer="normalized", lr=0.3))
+    return MethodConfig(name=name, sampler=SamplerConfig(steps=STEPS, cfg_scale=3.0), **kw)
+
+
+def _run(model, classifier, method, items):
+    engine = Engine(model, load_torchscript_classifier(classifier), method)
+    return engine.run([engine.validate(item) for item in items])
+
+
+ITEMS = [Item(id="a", seed=5, target=1), Item(id="b", seed=6, target=4)]
+
+
+def test_registry_has_one_function_per_method_name():
+    assert set(METHODS) == set(MethodConfig.model_fields["name"].annotation.__args__)
+
+
+@pytest.mark.parametrize("name,expected", [
+    # DOODL, 2 iterations: 3 forward chains (2 passes per step) + 2 backward passes (2 recomputed evaluations and
+    # 2 VJPs per step); each iterate decoded and scored once, each backward decodes and scores both chains (a
+    # pixel model's decode is the identity: checkpointing has nothing to recompute, so no second forward).
+    ("doodl", dict(unet_forward=3 * 2 * STEPS + 2 * 2 * STEPS, unet_vjp=2 * 2 * STEPS, decode_forward=3 + 2 * 2,
+                   decode_vjp=2 * 2, guide_forward=3 + 2 * 2, guide_vjp=2 * 2)),
+    ("best-of-n", dict(unet_forward=3 * STEPS, unet_vjp=0, decode_forward=3, decode_vjp=0, guide_forward=3, guide_vjp=0)),
+    ("one-step", dict(unet_forward=STEPS, unet_vjp=STEPS, decode_forward=STEPS + 1, decode_vjp=STEPS,
+                      guide_forward=STEPS + 1, guide_vjp=STEPS)),
+    ("none", dict(unet_forward=STEPS, unet_vjp=0, decode_forward=1, decode_vjp=0, guide_forward=0, guide_vjp=0)),
+])
+def test_compute_counts_equal_a_hand_count(tiny_pixel, tiny_classifier, name, expected):
+    results = _run(tiny_pixel, tiny_classifier, _method(name, candidates=3 if name == "best-of-n" else None), ITEMS)
+    for result in results:
+        assert result.compute == expected | {"unet_evals": expected["unet_forward"] + expected["unet_vjp"]}
+
+
+def test_classifier_free_guidance_counts_two_passes(tiny_sd, tiny_classifier):
+    items = [Item(id="a", seed=1, prompt="a bird", target=2)]
+    (result,) = _run(tiny_sd, tiny_classifier, _method("best-of-n", candidates=2), items)
+    assert result.compute["unet_forward"] == 2 * 2 * STEPS
+
+
+@pytest.mark.parametrize("name", ["doodl", "best-of-n", "one-step", "search-refine", "particles"])
+def test_a_budget_is_never_exceeded(tiny_pixel, tiny_classifier, name):
+    budget = 40 * STEPS
+    method = _method(name, budget=budget, search=SearchConfig(fraction=0.25))
+    for result in _run(tiny_pixel, tiny_classifier, method, ITEMS):
+        assert budget * 0.5 <= result.compute["unet_evals"] <= budget, result.compute
+
+
+@pytest.mark.parametrize("name", ["doodl", "best-of-n", "search-refine", "particles", "one-step"])
+def test_an_item_gives_the_same_result_alone_or_in_a_batch(tiny_pixel, tiny_classifier, name):
+    method = _method(name, candidates=3, particles=ParticleConfig(count=3, interval=1),
+                     search=SearchConfig(candidates=2, starts=2), stop=StopConfig(guide_loss=2.2))
+    engine = Engine(tiny_pixel, load_torchscript_classifier(tiny_classifier), method)
+    items = [engine.validate(item) for item in ITEMS + [Item(id="c", seed=7, target=8)]]
+    together = engine.run(items)
+    alone = engine.run(items[1:2])[0]
+    assert (together[1].image == alone.image).all()
+    assert together[1].history == pytest.approx(alone.history, rel=1e-5)
+    assert together[1].compute == alone.compute
+
+
+def test_early_stop_spends_nothing_more_on_items_that_meet_the_rule(tiny_pixel, tiny_classifier):
+    free = _run(tiny_pixel, tiny_classifier, _method("doodl"), ITEMS)
+    # a threshold between the two items' unguided losses: the easier item stops at once, the other goes on
+    threshold = float(np.mean([r.history[0] for r in free]))
+    easy = int(np.argmin([r.history[0] for r in free]))
+    stopped = _run(tiny_pixel, tiny_classifier, _method("doodl", stop=StopConfig(guide_loss=threshold)), ITEMS)
+    assert stopped[easy].compute["unet_vjp"] == 0 and len(stopped[easy].history) == 1
+    other = stopped[1 - easy]
+    assert other.compute["unet_vjp"] > 0
+    assert other.history == pytest.approx(free[1 - easy].history[: len(other.history)], rel=1e-5)
+    assert other.history[-1] <= threshold or len(other.history) == 3
+
+
+def test_target_probability_stop_is_the_cross_entropy_threshold(tiny_pixel, tiny_classifier):
+    by_probability = _run(tiny_pixel, tiny_classifier, _method("doodl", stop=StopConfig(target_probability=0.2)), ITEMS)
+    by_loss = _run(tiny_pixel, tiny_classifier, _method("doodl", stop=StopConfig(guide_loss=-math.log(0.2))), ITEMS)
+    assert [r.compute for r in by_probability] == [r.compute for r in by_loss]
+
+
+def test_search_refine_refines_only_what_search_did_not_solve(tiny_pixel, tiny_classifier):
+    solved = _run(tiny_pixel, tiny_classifier,
+                  _method("search-refine", search=SearchConfig(candidates=3), stop=StopConfig(guide_loss=100.0)), ITEMS)
+    assert all(r.compute["unet_vjp"] == 0 and r.compute["unet_forward"] == STEPS for r in solved)
+    refined = _run(tiny_pixel, tiny_classifier, _method("search-refine", search=SearchConfig(candidates=3)), ITEMS)
+    searched = _run(tiny_pixel, tiny_classifier, _method("best-of-n", candidates=3), ITEMS)
+    for r, s in zip(refined, searched):
+        assert r.compute["unet_vjp"] > 0
+        assert r.final_loss <= s.final_loss + 1e-6  # the refinement starts from the search's best
+        assert r.history[:3] == pytest.approx(s.history, rel=1e-6)
+
+
+def test_one_deterministic_particle_is_the_plain_sample(tiny_pixel, tiny_classifier):
+    particle = _run(tiny_pixel, tiny_classifier, _method("particles", particles=ParticleConfig(count=1, eta=0.0)), ITEMS)
+    plain = _run(tiny_pixel, tiny_classifier, _method("none"), ITEMS)
+    for a, b in zip(particle, plain):
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
+
+
+def test_one_step_matches_a_straightforward_diffusers_loop(tiny_classifier):
+    """The shipped balanced digits model and guide, guided the way diffusers' CLIP-guided pipeline does it:
+    DDIMScheduler.step on eps + s sqrt(1 - abar_t) grad loss(decode(x0_hat)), written here from scratch."""
+    from diffusers import DDIMPipeline
+
+    from doodl_ray.digits import ASSETS_DIR
+
+    steps, scale = 10, 0.3
+    guide = load_torchscript_classifier(str(ASSETS_DIR / "guide.pt"), crops=MultiCrop(count=0))
+    method = MethodConfig(name="one-step", guidance_scale=scale, normalize_gradient=False,
+                          sampler=SamplerConfig(steps=steps))
+    engine = Engine(str(ASSETS_DIR / "balanced"), guide, method)
+    items = [engine.validate(Item(id=str(t), seed=100 + t, target=t)) for t in (3, 7)]
+    ours = engine.run(items)
+
+    pipe = DDIMPipeline.from_pretrained(str(ASSETS_DIR / "balanced"))
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps)
+    latents = torch.stack([torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(i.seed)) for i in items])
+    targets = torch.tensor([i.target for i in items])
+    for t in scheduler.timesteps:
+        latents = latents.detach().requires_grad_(True)
+        noise_pred = pipe.unet(latents, t).sample
+        beta = 1 - scheduler.alphas_cumprod[t]
+        x0 = (latents - beta**0.5 * noise_pred) / scheduler.alphas_cumprod[t] ** 0.5
+        logits = guide.model((((x0 + 1) / 2).clamp(0, 1) - 0.5) / 0.5)
+        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, latents)
+        latents = scheduler.step(noise_pred.detach() + scale * beta**0.5 * grad, t, latents.detach()).prev_sample
+    reference = ((latents + 1) / 2).clamp(0, 1).mul(255).round().permute(0, 2, 3, 1).numpy().astype(int)
+    for r, expected in zip(ours, reference):
+        assert np.abs(r.image.astype(int) - expected).max() <= 1
+
+
+def test_a_budget_too_small_for_one_image_is_an_error_before_any_work(tiny_pixel, tiny_classifier):
+    from doodl_ray.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="doodl needs a budget of at least 6 UNet evaluations"):
+        Engine(tiny_pixel, load_torchscript_classifier(tiny_classifier), _method("doodl", budget=5))
