@@ -14,7 +14,7 @@ from doodl_ray.errors import DoodlError
 
 # Each name is a module doodl_ray.commands.<name> with `add_parser(subparsers)`; the parser it adds
 # sets `func(args) -> int` as its default.
-COMMANDS = ["generate", "bench", "run", "status", "validate", "submit", "jobs", "logs", "backfill", "sheet", "prompts", "review", "review-report"]
+COMMANDS = ["generate", "bench", "run", "status", "validate", "submit", "jobs", "logs", "backfill", "sheet", "prompts", "export", "review", "review-report"]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -57,8 +57,8 @@ def test_tiny_model_job_on_s3(ray_session, s3_endpoint, tmp_path: Path):
     fs.put(str(tmp_path / "pixel"), f"{bucket}/models/pixel", recursive=True)
     fs.put_file(str(tmp_path / "classifier.pt"), f"{bucket}/models/classifier.pt")
     fs.put_file(str(tmp_path / "judge.pt"), f"{bucket}/models/judge.pt")
-    ids = [f"item-{i:02d}" for i in range(22)] + ["../../escape", "wrong-class"]
-    put_table(fs, f"{bucket}/in/part-0.parquet", id=ids, target=[i % 10 for i in range(22)] + [1, 12])
+    ids = [f"item-{i:02d}" for i in range(21)] + ["../../escape", "wrong-class", None]
+    put_table(fs, f"{bucket}/in/part-0.parquet", id=ids, target=[i % 10 for i in range(22)] + [12, 1])
     spec = parse_spec(job(
         bucket, s3_endpoint.url, model=f"s3://{bucket}/models/pixel", processor={"name": "engine"},
         guidance={"type": "classifier", "model": f"s3://{bucket}/models/classifier.pt", "crops": {"count": 1}},
@@ -73,20 +73,21 @@ def test_tiny_model_job_on_s3(ray_session, s3_endpoint, tmp_path: Path):
     assert "GPU" in summary.text()
 
     rows = read_results(fs, f"{bucket}/out")
-    assert sorted(r["id"] for r in rows) == sorted(ids)
+    assert sorted(r["id"] for r in rows if r["id"]) == sorted(ids[:-1]) and len(rows) == len(ids)
     by_id = {r["id"]: r for r in rows}
-    assert "not a safe name" in by_id["../../escape"]["error"]
+    assert by_id[None]["error"] == "missing id"
     assert "outside the classifier's 10 classes" in by_id["wrong-class"]["error"]
     for item_id in ids[:22]:
         row = by_id[item_id]
         assert row["status"] == "ok" and row["attempts"] == 1 and len(row["history"]) >= 2
-        assert row["image_uri"] == f"s3://{bucket}/out/images/{item_id}.png"
+        assert row["image_uri"] == f"s3://{bucket}/out/images/{row['key']}.png"
         assert Image.open(io.BytesIO(fs.cat_file(row["image_uri"]))).size == (16, 16)
         scores = json.loads(row["scores"])
         assert set(scores) == {"guide/classifier", "eval/classifier", "eval_initial/classifier"}
-    keys = fs.find(bucket)
+    keys = fs.find(bucket)  # the id "../../escape" is an image under out/images/ like any other
     assert all(k.startswith((f"{bucket}/out/", f"{bucket}/in/", f"{bucket}/models/")) for k in keys)
-    assert not any("escape" in k for k in keys) and not fs.glob(f"{bucket}/out/results/parts/**")
+    assert by_id["../../escape"]["image_uri"].startswith(f"s3://{bucket}/out/images/escape~")
+    assert not fs.glob(f"{bucket}/out/results/parts/**")
     manifest = json.loads(fs.cat_file(f"{bucket}/out/manifest.json"))
     assert manifest["state"] == "finished" and manifest["totals"]["ok"] == 22
     assert manifest["cost"] == summary.cost

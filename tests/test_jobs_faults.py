@@ -1,17 +1,23 @@
 """Faults on real Ray actors and a real S3 endpoint: a killed actor, a SIGKILLed driver, items that
-always fail or hang, and throttled storage. Each run must end with exactly one row per input row."""
+always fail or hang, and throttled storage, in every output format. Each run must end with exactly one
+row per input row in the ledger, and each ok row exactly once in the format's containers."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
+import pytest
 import ray
 import yaml
 
@@ -45,15 +51,46 @@ class FaultyProcessor(NoopProcessor):
         return super().run(items)
 
 
+FORMATS = pytest.mark.parametrize("fmt", ["files", "webdataset", "parquet"])
+
+
 def ids(n: int) -> list[str]:
     return [f"i{k:03d}" for k in range(n)]
 
 
-def test_actor_killed_mid_run(ray_session, s3_endpoint):
+def packed_ids(fs, prefix: str, fmt: str) -> list[str]:
+    """The ids in a packed output's containers, read with tarfile / pyarrow (each one whole, or this fails)."""
+    fs.invalidate_cache()
+    found = []
+    for path in sorted(fs.glob(f"{prefix}/data/*")):
+        data = io.BytesIO(fs.cat_file(path))
+        if fmt == "webdataset":
+            with tarfile.open(fileobj=data) as tar:
+                found += [json.load(tar.extractfile(m))["id"] for m in tar if m.name.endswith(".json")]
+        else:
+            found += pq.read_table(data, columns=["id"])["id"].to_pylist()
+    return found
+
+
+def check_output(fs, prefix: str, fmt: str, ok_ids: list[str]) -> list[dict]:
+    """Exactly one ledger row per input row (returned) and, in a packed format, each ok id once in the
+    containers, with the staging gone; in the files format, one image per ok id."""
+    rows = read_results(fs, prefix)
+    assert len({r["id"] for r in rows}) == len(rows)
+    if fmt == "files":
+        assert len(fs.glob(f"{prefix}/images/*.png")) == len(ok_ids)
+    else:
+        assert sorted(packed_ids(fs, prefix, fmt)) == sorted(ok_ids)
+        assert not fs.glob(f"{prefix}/staging/**") and not fs.glob(f"{prefix}/images/**")
+    return rows
+
+
+@FORMATS
+def test_actor_killed_mid_run(ray_session, s3_endpoint, fmt):
     fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
     put_table(fs, f"{bucket}/in/a.parquet", id=ids(40))
     spec = parse_spec(job(bucket, s3_endpoint.url, processor={"name": "noop", "options": {"seconds": 0.05}},
-                          resources={"batch_size": 1}))
+                          resources={"batch_size": 1}, output={"format": fmt}))
     started = threading.Event()
     result = {}
     worker = threading.Thread(target=lambda: result.update(summary=run_job(
@@ -65,21 +102,22 @@ def test_actor_killed_mid_run(ray_session, s3_endpoint):
     worker.join(120)
     summary = result["summary"]
     assert (summary.ok, summary.failed, summary.computed) == (40, 0, 40)
-    rows = read_results(fs, f"{bucket}/out")
+    rows = check_output(fs, f"{bucket}/out", fmt, ids(40))
     assert sorted(r["id"] for r in rows) == ids(40) and all(r["status"] == "ok" for r in rows)
     assert any(r["attempts"] == 2 for r in rows)  # the killed actor's running item was redone elsewhere
 
 
-def test_failing_hanging_and_permanent_items(ray_session, s3_endpoint, tmp_path: Path):
+@FORMATS
+def test_failing_hanging_and_permanent_items(ray_session, s3_endpoint, tmp_path: Path, fmt):
     fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
     put_table(fs, f"{bucket}/in/a.parquet", id=ids(10) + ["bad", "nan", "hang"])
     options = {"fail": ["bad"], "nan": ["nan"], "hang": ["hang"]}
     spec = parse_spec(job(bucket, s3_endpoint.url, processor={"name": "tests.test_jobs_faults:FaultyProcessor",
                                                               "options": options},
-                          retries={"attempts": 2}, timeouts={"item_seconds": 1.0}))
+                          retries={"attempts": 2}, timeouts={"item_seconds": 1.0}, output={"format": fmt}))
     summary = run_job(spec, progress=False)
     assert (summary.ok, summary.failed) == (10, 3)
-    rows = {r["id"]: r for r in read_results(fs, f"{bucket}/out")}
+    rows = {r["id"]: r for r in check_output(fs, f"{bucket}/out", fmt, ids(10))}
     assert len(rows) == 13
     assert rows["bad"]["status"] == "failed" and rows["bad"]["attempts"] == 2
     assert rows["bad"]["error_type"] == "RuntimeError" and rows["bad"]["error"] == "cannot render bad"
@@ -88,27 +126,33 @@ def test_failing_hanging_and_permanent_items(ray_session, s3_endpoint, tmp_path:
     assert all(rows[i]["status"] == "ok" for i in ids(10))
 
 
-def test_transient_storage_errors_are_retried(ray_session, s3_endpoint):
+@pytest.mark.parametrize("fmt, match, failures", [
+    ("files", "/out/images/", 12),  # image PUTs: storage and item retries
+    ("webdataset", "/out/staging/", 12),  # staged image PUTs: the same
+    ("parquet", "/out/data/", 2),  # the driver's container upload: storage retries
+])
+def test_transient_storage_errors_are_retried(ray_session, s3_endpoint, fmt, match, failures):
     fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
     put_table(fs, f"{bucket}/in/a.parquet", id=ids(20))
-    proxy = FaultProxy(s3_endpoint.url, failures=12, match="/out/images/")
+    proxy = FaultProxy(s3_endpoint.url, failures=failures, match=match)
     try:
-        spec = parse_spec(job(bucket, proxy.url, storage={"options": {"config_kwargs": {"retries": {"max_attempts": 1}}}}))
+        spec = parse_spec(job(bucket, proxy.url, storage={"options": {"config_kwargs": {"retries": {"max_attempts": 1}}}},
+                              output={"format": fmt}))
         summary = run_job(spec, progress=False)
     finally:
         proxy.close()
-    assert proxy.injected == 12  # more than s3fs retries on its own: our storage and item retries took the rest
+    assert proxy.injected == failures  # more than s3fs retries on its own: our storage and item retries took the rest
     assert (summary.ok, summary.failed) == (20, 0)
-    rows = read_results(fs, f"{bucket}/out")
+    rows = check_output(fs, f"{bucket}/out", fmt, ids(20))
     assert sorted(r["id"] for r in rows) == ids(20)
-    assert len(fs.glob(f"{bucket}/out/images/*.png")) == 20
 
 
-def test_driver_sigkill_then_resume(ray_session, s3_endpoint, tmp_path: Path):
+@FORMATS
+def test_driver_sigkill_then_resume(ray_session, s3_endpoint, tmp_path: Path, fmt):
     fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
     put_table(fs, f"{bucket}/in/a.parquet", id=ids(30))
     data = job(bucket, s3_endpoint.url, processor={"name": "noop", "options": {"seconds": 0.1}},
-               resources={"batch_size": 1})
+               resources={"batch_size": 1}, output={"format": fmt})
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
     driver = subprocess.Popen([sys.executable, "-m", "doodl_ray.cli", "run", str(tmp_path / "job.yaml"),
                                "--address", ray_session, "--no-progress"], cwd=ROOT,
@@ -122,10 +166,12 @@ def test_driver_sigkill_then_resume(ray_session, s3_endpoint, tmp_path: Path):
     driver.wait()
     killed = ledger_counts(storage)
     assert killed["state"] == "running" and 6 <= killed["ok"] < 30
+    if fmt != "files":
+        assert len(set(packed_ids(fs, f"{bucket}/out", fmt))) <= killed["ok"]  # whatever is there is whole
 
     summary = run_job(parse_spec(data), progress=False)
     assert summary.resumed >= killed["ok"] and summary.computed == 30 - summary.resumed and summary.ok == 30
-    rows = read_results(fs, f"{bucket}/out")
+    rows = check_output(fs, f"{bucket}/out", fmt, ids(30))
     assert sorted(r["id"] for r in rows) == ids(30)
     sessions = Counter(r["session"] for r in rows)
     assert sessions[summary.session] == summary.computed  # only the missing items were computed again

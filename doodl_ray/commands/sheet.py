@@ -28,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from doodl_ray.contact_sheet import contact_sheet
+    from doodl_ray.jobs.formats import read_images
     from doodl_ray.jobs.storage import Storage
-    from doodl_ray.jobs.writer import image_key, read_rows
+    from doodl_ray.jobs.writer import read_rows
 
     storage = Storage(args.output, StorageConfig(endpoint_url=args.endpoint_url).fsspec_options(args.output))
     rows = [r for key in storage.list("results", ".parquet") if "/parts/" not in key
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         if field is not None and field not in rows[0]:
             raise InvalidInput(f"results have no field {field!r}; fields: {', '.join(sorted(rows[0]))}")
     columns = sorted({r[args.columns] for r in rows}, key=_natural)
-    cells: dict[tuple[object, object], str] = {}  # (row value, column value) -> item id
+    cells: dict[tuple[object, object], dict] = {}  # (row value, column value) -> result row
     rank: dict[object, int] = {}
     for r in sorted(rows, key=lambda r: r["id"]):
         column = r[args.columns]
@@ -48,13 +49,14 @@ def run(args: argparse.Namespace) -> int:
             row = r[args.rows]
         else:
             rank[column] = row = rank.get(column, 0) + 1
-        cells[(row, column)] = r["id"]
+        cells[(row, column)] = r
     row_values = sorted({row for row, _ in cells}, key=_natural)[: args.max_rows]
+    pngs = read_images(storage, [r for (row, _), r in cells.items() if row in row_values])
 
-    def image(item_id: str | None) -> np.ndarray | None:
-        if item_id is None:
+    def image(result: dict | None) -> np.ndarray | None:
+        if result is None:
             return None
-        with Image.open(io.BytesIO(storage.read_bytes(image_key(item_id)))) as png:
+        with Image.open(io.BytesIO(pngs[result["key"]]["image"])) as png:
             return np.asarray(png.convert("L" if png.mode == "L" else "RGB"))
 
     def label(row: object) -> str:

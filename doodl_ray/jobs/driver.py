@@ -24,6 +24,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from doodl_ray.cluster.metrics import RunMetrics
 from doodl_ray.errors import DoodlError, InvalidInput
+from doodl_ray.jobs.formats import ALL_PREFIXES, output_format
 from doodl_ray.jobs.ledger import LedgerState, load_ledger
 from doodl_ray.jobs.reader import InputPlan, JobItem, TargetCheck, read_input
 from doodl_ray.jobs.spec import JobSpec
@@ -31,15 +32,16 @@ from doodl_ray.jobs.storage import Storage, backoff_delay
 from doodl_ray.jobs.worker import JobWorker, Outcome
 from doodl_ray.jobs.writer import (
     RowContext,
-    code_version,
     failure_row,
     finalize_shard,
     ids_hash,
+    manifest_format,
     now,
     read_manifest,
     rejected_row,
     write_manifest,
 )
+from doodl_ray.provenance import code_version
 
 log = logging.getLogger(__name__)
 WAIT_TICK = 0.5  # seconds between progress refreshes while nothing completes
@@ -218,6 +220,7 @@ class Driver:
         self.on_progress = on_progress
         self.session = uuid.uuid4().hex[:12]
         self.storage = Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries)
+        self.format = output_format(spec.output.format)
         self.spec_hash = spec.result_hash()
         self.context = RowContext(self.session, self.spec_hash, spec.method.name, spec.model, code_version())
         self.counts = {"ok": 0, "failed": 0, "rejected": 0}
@@ -229,12 +232,17 @@ class Driver:
     def _check_output(self) -> None:
         manifest = read_manifest(self.storage)
         if self.force:
-            for prefix in ("results", "images"):
+            for prefix in ("results", *ALL_PREFIXES):
                 self.storage.delete_prefix(prefix)
         elif manifest is not None and manifest.get("spec_hash") != self.spec_hash:
             raise InvalidInput(
                 f"{self.spec.output.uri} holds run {manifest.get('run_id')!r} of a different spec "
                 f"(hash {manifest.get('spec_hash')} vs {self.spec_hash}); use a new output URI or --force"
+            )
+        elif manifest is not None and manifest_format(manifest) != self.format.name:
+            raise InvalidInput(
+                f"{self.spec.output.uri} holds run {manifest.get('run_id')!r} in the {manifest_format(manifest)} "
+                f"format, not {self.format.name}; `doodl-ray export` converts it, or use a new output URI or --force"
             )
 
     def _manifest(self, plan: InputPlan, state: str, started: str, finished: str | None = None) -> dict[str, Any]:
@@ -270,6 +278,7 @@ class Driver:
                 self._dispatch(pending)
         finally:
             self._close_progress()
+        self.format.tidy(self.storage)  # every shard is finished
         write_manifest(self.storage, self._manifest(plan, "finished", started, now().isoformat()))
         return RunSummary(self.spec.run_id, self.spec.output.uri, self.session, plan.rows, self.counts["ok"],
                           self.counts["failed"], self.counts["rejected"], self.computed, self.resumed,
@@ -304,7 +313,8 @@ class Driver:
     def _finalize(self, shard: int) -> None:
         rows = self.shard_rows.pop(shard)
         order = [str(i) for i in self.plan.shard_ids[shard]]
-        finalize_shard(self.storage, shard, [rows[i] for i in order], ids_hash(self.plan.shard_ids[shard]), self.spec_hash)
+        finalize_shard(self.storage, self.format, shard, [rows[i] for i in order], ids_hash(self.plan.shard_ids[shard]),
+                       self.spec_hash)
 
     def _record(self, item: JobItem, row: dict[str, Any]) -> None:
         """An item's final row: count it, and close its shard when it was the last one."""

@@ -15,7 +15,7 @@ from typing import Any
 from doodl_ray.errors import InvalidInput
 from doodl_ray.jobs.reader import InputPlan
 from doodl_ray.jobs.storage import Storage
-from doodl_ray.jobs.writer import STATUSES, ids_hash, marker_key, read_manifest, read_rows, shard_key
+from doodl_ray.jobs.writer import STATUSES, ids_hash, read_manifest, read_rows, shard_key
 
 _MARKER_SUFFIX = ".done.json"
 
@@ -31,7 +31,8 @@ class LedgerState:
         return {i for i, r in self.rows.items() if r["status"] == "ok" or (r["status"] == "failed" and not retry_failed)}
 
 
-def _markers(storage: Storage) -> dict[int, dict[str, Any]]:
+def read_markers(storage: Storage) -> dict[int, dict[str, Any]]:
+    """The done markers of an output, by shard."""
     markers = {}
     for key in storage.list("results", _MARKER_SUFFIX):
         if "/parts/" not in key:
@@ -51,7 +52,7 @@ def load_ledger(storage: Storage, plan: InputPlan, spec_hash: str, retry_failed:
     """Read markers, shard files and parts; raise InvalidInput if they belong to a different input."""
     state = LedgerState()
     changed = "the input changed since this output was written; use a new output URI or --force"
-    for shard, marker in _markers(storage).items():
+    for shard, marker in read_markers(storage).items():
         if shard not in plan.shard_ids or marker["ids_hash"] != ids_hash(plan.shard_ids[shard]):
             raise InvalidInput(f"shard {shard}: {changed}")
         if marker["spec_hash"] == spec_hash and not (retry_failed and marker.get("failed", 0)):
@@ -79,7 +80,7 @@ def ledger_counts(storage: Storage) -> dict[str, Any]:
     manifest = read_manifest(storage)
     if manifest is None:
         raise InvalidInput(f"{storage.uri} holds no run (no {storage.url('manifest.json')})")
-    markers = _markers(storage)
+    markers = read_markers(storage)
     counts: Counter[str] = Counter()
     for marker in markers.values():
         counts.update({s: marker.get(s, 0) for s in STATUSES})

@@ -1,8 +1,8 @@
 """Input rows -> validated items, before any actor starts.
 
 Problems with the input as a whole (no files, not Parquet, missing columns, wrong column types, duplicate
-ids) are InvalidInput errors; problems with one row (empty prompt, unsafe id, a target outside the
-classifier's classes) become rejected rows, recorded in the results like any other outcome, so one bad
+ids) are InvalidInput errors; problems with one row (a missing id, an empty prompt, a target outside
+the classifier's classes) become rejected rows, recorded in the results like any other outcome, so one bad
 row never sinks a job. Rows are sharded by position (files sorted by path, rows in file order), so the
 same input always gives the same shards."""
 
@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from doodl_ray.errors import InvalidInput
-from doodl_ray.jobs.spec import SAFE_NAME, FilterCondition, JobSpec
+from doodl_ray.jobs.keys import item_key
+from doodl_ray.jobs.spec import FilterCondition, JobSpec
 
 TargetCheck = Callable[[Any, Optional[str]], Any]
 """Raises InvalidInput for a target the guidance model cannot score (e.g. Guidance.validate_target)."""
@@ -38,7 +39,8 @@ _TYPE_CHECKS: dict[str, tuple[str, Callable[[pa.DataType], bool]]] = {
 class JobItem:
     """One unit of work: what the worker needs, plus where it came from."""
 
-    id: str
+    id: str  # as the input has it
+    key: str  # its storage key (jobs.keys.item_key): names its files in every output format
     seed: int
     shard: int
     source: str  # "file#row", for tracing a result back to its input row
@@ -53,6 +55,7 @@ class RejectedRow:
     """An input row that cannot be run; recorded with its reason instead of being computed."""
 
     id: Optional[str]
+    key: Optional[str]
     shard: int
     source: str
     error: str
@@ -164,11 +167,12 @@ def _plan(spec: JobSpec, columns: dict[str, list], sources: list[str], files: li
     if duplicates:
         raise InvalidInput(f"duplicate ids in column {spec.input.columns.id!r}: {', '.join(duplicates[:5])}"
                            + (f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""))
+    keys = _keys(ids)
     items, rejected, shard_ids = [], [], {}
     for row in range(n):
         shard = row // spec.output.shard_size
         value = {f: col[row] for f, col in columns.items()}
-        item_id, prompt, target = ids[row], value.get("prompt"), value.get("target")
+        item_id, key, prompt, target = ids[row], keys[row], value.get("prompt"), value.get("target")
         seed = value.get("seed")
         error = _row_error(item_id, value)
         if error is None and check_target is not None and (target is not None or value.get("reference") is not None):
@@ -178,10 +182,10 @@ def _plan(spec: JobSpec, columns: dict[str, list], sources: list[str], files: li
                 error = str(exc)
         shard_ids.setdefault(shard, []).append(item_id)
         if error is not None:
-            rejected.append(RejectedRow(item_id, shard, sources[row], error, prompt, target, seed))
+            rejected.append(RejectedRow(item_id, key, shard, sources[row], error, prompt, target, seed))
             continue
         items.append(JobItem(
-            id=item_id, seed=int(seed) if seed is not None else derive_seed(spec.seed, item_id), shard=shard,
+            id=item_id, key=key, seed=int(seed) if seed is not None else derive_seed(spec.seed, item_id), shard=shard,
             source=sources[row], prompt=prompt, target=target, reference=value.get("reference"),
             class_label=value.get("class_label"),
         ))
@@ -212,11 +216,19 @@ def _duplicates(ids: list[Optional[str]]) -> list[str]:
     return list(dups)
 
 
+def _keys(ids: list[Optional[str]]) -> list[Optional[str]]:
+    """Each id's storage key; distinct ids must never share one (one would overwrite the other's files)."""
+    keys = [item_key(i) if i else None for i in ids]
+    owner: dict[str, str] = {}
+    for item_id, key in zip(ids, keys):
+        if key is not None and owner.setdefault(key, item_id) != item_id:  # type: ignore[arg-type]
+            raise InvalidInput(f"ids {owner[key]!r} and {item_id!r} map to the same storage key {key!r}")
+    return keys
+
+
 def _row_error(item_id: Optional[str], value: dict[str, Any]) -> Optional[str]:
     if item_id is None or item_id == "":
         return "missing id"
-    if not SAFE_NAME.match(item_id):
-        return f"id {item_id!r} is not a safe name (1-128 of letters, digits, '.', '_', '-'; not starting with '.')"
     if "prompt" in value and (value["prompt"] is None or not value["prompt"].strip()):
         return "empty prompt"
     if "target" in value and value["target"] is None:

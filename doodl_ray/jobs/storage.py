@@ -1,18 +1,21 @@
 """Output storage through fsspec: local folders and s3:// alike.
 
-Every write is atomic (a temporary name then a rename on disk; a single PUT on object stores), so a crash
-never leaves a partial file under a final name. Keys are relative to the output prefix and checked, so no
+Every write is atomic (a temporary name then a rename on disk; a single PUT, or a multipart upload that
+appears only when complete, on object stores), so a crash never leaves a partial file under a final name. Keys are relative to the output prefix and checked, so no
 item id can address a file outside it. Transient errors (throttling, 5xx, dropped connections, timeouts)
 are retried with capped exponential backoff; permanent ones (missing bucket, access denied) are not."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import posixpath
 import random
+import tempfile
 import time
 import uuid
-from typing import Any, Callable, TypeVar
+from typing import IO, Any, Callable, Iterator, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -107,8 +110,48 @@ class Storage:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
 
+    @contextlib.contextmanager
+    def open_atomic(self, key: str) -> Iterator[IO[bytes]]:
+        """A local file to stream a large object into; it lands under `key` whole when the block exits
+        cleanly, and nowhere otherwise."""
+        path = self.path(key)
+        folder = posixpath.dirname(path)
+        if self.local:
+            self.fs.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{uuid.uuid4().hex}-", dir=folder if self.local else None)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            if self.local:
+                os.replace(tmp, path)  # within one folder: atomic
+            else:
+                with_retries(lambda: self.fs.put_file(tmp, path), self.retry)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
     def read_bytes(self, key: str) -> bytes:
         return with_retries(lambda: self.fs.cat_file(self.path(key)), self.retry)
+
+    def open(self, key: str) -> IO[bytes]:
+        """A streaming read of a large object."""
+        return with_retries(lambda: self.fs.open(self.path(key), "rb"), self.retry)
+
+    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        """The keys that exist, read concurrently where the filesystem can (s3fs does); missing ones are
+        left out, any other error is raised (and retried when transient)."""
+        if not keys:
+            return {}
+        paths = {self.path(k): k for k in keys}
+
+        def cat() -> dict[str, Any]:
+            found = self.fs.cat(list(paths), on_error="return")
+            for value in found.values():
+                if isinstance(value, Exception) and not isinstance(value, FileNotFoundError):
+                    raise value
+            return found
+
+        return {paths[p]: v for p, v in with_retries(cat, self.retry).items() if not isinstance(v, Exception)}
 
     def exists(self, key: str) -> bool:
         return with_retries(lambda: self.fs.exists(self.path(key)), self.retry)

@@ -1,10 +1,12 @@
 """The worker: one Ray actor per GPU that loads its models once and runs batches of items.
 
-Each batch's images go straight to storage, followed by one results part per shard, so a finished item
-is durable before the driver even hears of it. Failures are reported per item, never raised: a batch
+Each batch's images go straight to storage (where the output format stages them: jobs.formats),
+followed by one results part per shard, so a finished item is durable before the driver even hears of it. Failures are reported per item, never raised: a batch
 that fails as a whole is rerun item by item so one bad item cannot take its batch-mates down with it.
 What runs per batch is a pluggable *processor* (validate(item), run(items) -> results with the fields of
-doodl_ray.engine.ItemResult): the Engine for real work, the no-op one to measure orchestration."""
+doodl_ray.engine.ItemResult): the Engine for real work, the no-op one to measure orchestration. Rows
+record each result's provenance: its own (noise hash, compute counts) and, from the processor's
+`provenance` record when it has one, the setup it was made with (doodl_ray.provenance)."""
 
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ import numpy as np
 from PIL import Image
 
 from doodl_ray.errors import InvalidInput, NonFiniteLoss
+from doodl_ray.jobs.formats import KINDS, output_format
 from doodl_ray.jobs.reader import JobItem
 from doodl_ray.jobs.spec import JobSpec
 from doodl_ray.jobs.storage import Storage
-from doodl_ray.jobs.writer import RowContext, base_row, image_key, now, write_part
+from doodl_ray.jobs.writer import RowContext, base_row, now, write_part
+from doodl_ray.provenance import fingerprint
 
 PERMANENT_ERRORS = (InvalidInput, NonFiniteLoss)
 """Errors that will recur on any worker: recorded at once, never retried."""
@@ -33,7 +37,9 @@ PERMANENT_ERRORS = (InvalidInput, NonFiniteLoss)
 
 class Processor(Protocol):
     """What a worker runs. `validate` checks an item and returns what `run` takes for it (anything with the
-    item's `id`), so an item is prepared once; results carry doodl_ray.engine.ItemResult's fields."""
+    item's `id`), so an item is prepared once; results carry doodl_ray.engine.ItemResult's fields (the
+    provenance ones, compute, noise_hash and initial_image, are optional). An optional `provenance`
+    attribute (a dict, e.g. doodl_ray.provenance.describe's) is recorded with every row."""
 
     def validate(self, item: JobItem) -> Any: ...
 
@@ -78,9 +84,12 @@ class EngineProcessor:
 
         from doodl_ray.engine import Engine
 
+        from doodl_ray.provenance import describe
+
         dtype = getattr(torch, spec.dtype) if spec.dtype else None
         self.engine = Engine(spec.model, spec.guidance, spec.method, device=device, dtype=dtype,
                              storage_options=storage_options, evaluation=spec.evaluation)
+        self.provenance = describe(spec, self.engine.device, self.engine.dtype, storage_options)
 
     def _item(self, item: JobItem) -> Any:
         from doodl_ray.engine import Item
@@ -157,8 +166,12 @@ class JobWorker:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         self.spec, self.context, self.name = spec, context, f"{socket.gethostname()}/{name}"
         self.storage = Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries)
+        self.format = output_format(spec.output.format)
         model_options = spec.storage.fsspec_options("s3://")  # models and reference images may live on S3
         self.processor = build_processor(spec, model_options, max(1, int(spec.resources.cpus_per_actor)))
+        setup = getattr(self.processor, "provenance", None)
+        self.setup = {"provenance": json.dumps(setup, sort_keys=True) if setup else None,
+                      "provenance_hash": fingerprint(setup) if setup else None}
 
     def ready(self) -> str:
         """Answers once the constructor (model loading) has finished."""
@@ -183,22 +196,33 @@ class JobWorker:
                 outcomes[item.id] = Outcome.failure(item.id, result)
                 continue
             try:
-                uri = self.storage.write_bytes(image_key(item.id), encode_png(result.image))
+                uris = self._write_images(item, result)
             except Exception as exc:
                 outcomes[item.id] = Outcome.failure(item.id, exc)
                 continue
+            compute = getattr(result, "compute", None)
             row = base_row(item, self.context, "ok", attempt)
             row.update(
-                image_uri=uri, initial_loss=float(result.initial_loss), final_loss=float(result.final_loss),
+                **uris, initial_loss=float(result.initial_loss), final_loss=float(result.final_loss),
                 best_iteration=int(result.best_iteration), history=[float(v) for v in result.history],
                 terms=json.dumps({k: float(v) for k, v in result.terms.items()}),
                 scores=json.dumps({k: float(v) for k, v in result.scores.items()}), started_at=started,
                 finished_at=now(), seconds=float(result.seconds), worker=self.name,
                 gpu_seconds=share * self.spec.resources.gpus_per_actor,
+                noise_hash=getattr(result, "noise_hash", None) or None,
+                compute=json.dumps({k: int(v) for k, v in compute.items()}, sort_keys=True) if compute else None,
+                **self.setup,
             )
             outcomes[item.id] = Outcome(item.id, row=row)
         self._persist([o for o in outcomes.values() if o.row is not None], {i.id: i.shard for i, _ in batch})
         return [outcomes[item.id] for item, _ in batch]
+
+    def _write_images(self, item: JobItem, result: Any) -> dict[str, Optional[str]]:
+        """The result's image and, when it has one, its unguided initial image; their URIs by row column."""
+        images = {kind: getattr(result, kind, None) for kind in KINDS}  # ItemResult.image, .initial_image
+        return {f"{kind}_uri": None if image is None else
+                self.storage.write_bytes(self.format.stage_key(item.shard, item.key, kind), encode_png(image))
+                for kind, image in images.items()}
 
     def _run(self, items: list[Any]) -> dict[str, Any]:
         """Results (or exceptions) by id; a batch that fails is rerun one item at a time to find the culprit."""
