@@ -117,9 +117,16 @@ def browser() -> Iterator:
 
 
 def wait_for(driver, condition, timeout: float = 15):
+    """Until condition(driver) is true; a page reloading under it (stale elements) just means not yet."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+    return WebDriverWait(driver, timeout, ignored_exceptions=(WebDriverException,)).until(condition)
+
+
+def progress(driver) -> str | None:
+    """The A/B page's progress text, read in one step (the page reloads after each vote)."""
+    return driver.execute_script("const e = document.getElementById('progress'); return e && e.textContent")
 
 
 def css(driver, selector: str) -> list:
@@ -232,12 +239,12 @@ def test_blind_votes_with_keys_resume_and_report(browser, live, demo_runs, tmp_p
             choice = {Keys.ARROW_LEFT: "left", Keys.ARROW_RIGHT: "right", "t": "tie", "s": "skip"}[key]
             cast_votes.append({"reviewer": reviewer, "pair_id": pair, "left": shown_left(), "choice": choice})
             css(browser, "body")[0].send_keys(key)
-            wait_for(browser, lambda d: css(d, "#progress") and css(d, "#progress")[0].text == f"{done + 1} of 9")
+            wait_for(browser, lambda d: progress(d) == f"{done + 1} of 9")
         return cast_votes
 
     browser.get(server.url + "/ab")
     css(browser, "#reviewer")[0].send_keys("alice", Keys.ENTER)
-    wait_for(browser, lambda d: css(d, "#progress") and css(d, "#progress")[0].text == "0 of 9")
+    wait_for(browser, lambda d: progress(d) == "0 of 9")
     assert css(browser, "#question")[0].text == "Which image better matches the prompt?"
     screenshot(browser, tmp_path, "review-ab.png")
     keys = [Keys.ARROW_LEFT, Keys.ARROW_RIGHT, "t", Keys.ARROW_LEFT, "s", Keys.ARROW_RIGHT, Keys.ARROW_LEFT]
