@@ -306,6 +306,12 @@ def test_images_only_from_the_runs_own_keys(tmp_path: Path, serve):
         status, _, body = server.request("GET", path)
         assert status == 404, path
         assert b"root:" not in body
+    tampered = str(tmp_path / "tampered")  # a results row pointing outside its run
+    write_run(tampered, [result_row(tampered, 0, "t", image_uri="/etc/passwd")], "tampered")
+    other = serve(create_app(RunResults(tampered), VoteStore(f"{tampered}/reviews")))
+    html = other.request("GET", "/")[2].decode()
+    assert "no image" in html and "/image?" not in html
+    assert other.request("GET", "/image?id=t")[0] == 404
 
 
 def test_token_required_and_never_logged(tmp_path: Path, serve, caplog):

@@ -105,6 +105,8 @@ def create_app(run: RunResults, votes: VoteStore, *, against: RunResults | None 
         shown = pick_run()
         query = GalleryQuery.parse(request.args, shown)
         page = gallery_page(shown, query)
+        for row in page.rows:  # a packed output format records no loose image to show
+            row["viewable"] = shown.image_key(row.get("image_uri")) is not None
         return render_template(
             "gallery.html", run=shown, run_key=request.args.get("run", "a"), query=query, page=page,
             columns=score_columns(shown), numeric=shown.numeric_columns, targets=distinct(shown, "target"),

@@ -40,7 +40,8 @@ class Study:
         self.names = (a.storage.uri if same_name else a.run_id, b.storage.uri if same_name else b.run_id)
         self.pairs = sorted(set(_viewable(a)) & set(_viewable(b)))
         if not self.pairs:
-            raise InvalidInput(f"{a.storage.uri} and {b.storage.uri} share no item that is ok with an image in both")
+            raise InvalidInput(f"{a.storage.uri} and {b.storage.uri} share no item that is ok with an image in both "
+                               "(review shows the files output format's images)")
         self._pair_set = set(self.pairs)
         self._voted: dict[str, set[str]] = {}  # reviewer -> pairs voted (stored, or being written now)
         self._lock = threading.Lock()
