@@ -16,40 +16,20 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
 
-from doodl_ray.errors import NonFiniteLoss
 from doodl_ray.jobs import run_job
 from doodl_ray.jobs.ledger import ledger_counts
 from doodl_ray.jobs.spec import parse_spec
 from doodl_ray.jobs.storage import Storage
-from doodl_ray.jobs.worker import NoopProcessor
 from tests.ray_session import ROOT, ray_session  # noqa: F401
 from tests.s3_server import FaultProxy, s3_endpoint  # noqa: F401
 from tests.test_jobs_e2e import job, put_table, read_results
-
-
-class FaultyProcessor(NoopProcessor):
-    """A processor plug-in (spec processor.name 'tests.test_jobs_faults:FaultyProcessor'): ids in `fail`
-    always raise, ids in `nan` raise the engine's permanent NonFiniteLoss, ids in `hang` never finish."""
-
-    def __init__(self, spec, device, storage_options, fail=(), nan=(), hang=()):
-        super().__init__()
-        self.fail, self.nan, self.hang = set(fail), set(nan), set(hang)
-
-    def run(self, items):
-        for item in items:
-            if item.id in self.fail:
-                raise RuntimeError(f"cannot render {item.id}")
-            if item.id in self.nan:
-                raise NonFiniteLoss("guidance loss is nan")
-            if item.id in self.hang:
-                time.sleep(600)
-        return super().run(items)
-
 
 FORMATS = pytest.mark.parametrize("fmt", ["files", "webdataset", "parquet"])
 
@@ -112,7 +92,7 @@ def test_failing_hanging_and_permanent_items(ray_session, s3_endpoint, tmp_path:
     fs, bucket = s3_endpoint.fs(), s3_endpoint.bucket()
     put_table(fs, f"{bucket}/in/a.parquet", id=ids(10) + ["bad", "nan", "hang"])
     options = {"fail": ["bad"], "nan": ["nan"], "hang": ["hang"]}
-    spec = parse_spec(job(bucket, s3_endpoint.url, processor={"name": "tests.test_jobs_faults:FaultyProcessor",
+    spec = parse_spec(job(bucket, s3_endpoint.url, processor={"name": "tests.faulty_processor:FaultyProcessor",
                                                               "options": options},
                           retries={"attempts": 2}, timeouts={"item_seconds": 1.0}, output={"format": fmt}))
     summary = run_job(spec, progress=False)
@@ -126,9 +106,30 @@ def test_failing_hanging_and_permanent_items(ray_session, s3_endpoint, tmp_path:
     assert all(rows[i]["status"] == "ok" for i in ids(10))
 
 
+def test_retry_failed_repacks_a_finished_shard(ray_session, tmp_path: Path):
+    """A shard packed with a failed row is reopened by --retry-failed: its ok rows keep the images of the
+    container already there, the retried row brings its own, and each id is in the new container once."""
+    put = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ids(6)}), put)
+    outage = tmp_path / "outage"
+    outage.touch()
+    options = {"fail": ["i002"], "outage": str(outage)}
+    spec = parse_spec(job("unused", "unused", input={"uri": str(put)}, output={"uri": str(tmp_path / "out"),
+                          "format": "webdataset"}, retries={"attempts": 1},
+                          processor={"name": "tests.faulty_processor:FaultyProcessor", "options": options}))
+    first = run_job(spec, progress=False)
+    assert (first.ok, first.failed) == (5, 1)
+    outage.unlink()
+    again = run_job(spec, retry_failed=True, progress=False)
+    assert (again.ok, again.failed, again.computed) == (6, 0, 1)
+    fs = fsspec.filesystem("file")
+    rows = check_output(fs, str(tmp_path / "out"), "webdataset", ids(6))
+    assert {r["id"]: r["session"] for r in rows}["i002"] == again.session
+    assert sorted(r["id"] for r in rows if r["session"] == first.session) == [i for i in ids(6) if i != "i002"]
+
+
 @pytest.mark.parametrize("fmt, match, failures", [
-    ("files", "/out/images/", 12),  # image PUTs: storage and item retries
-    ("webdataset", "/out/staging/", 12),  # staged image PUTs: the same
+    ("files", "/out/images/", 12),  # image PUTs (packed formats stage theirs the same way): storage + item retries
     ("parquet", "/out/data/", 2),  # the driver's container upload: storage retries
 ])
 def test_transient_storage_errors_are_retried(ray_session, s3_endpoint, fmt, match, failures):
@@ -136,8 +137,8 @@ def test_transient_storage_errors_are_retried(ray_session, s3_endpoint, fmt, mat
     put_table(fs, f"{bucket}/in/a.parquet", id=ids(20))
     proxy = FaultProxy(s3_endpoint.url, failures=failures, match=match)
     try:
-        spec = parse_spec(job(bucket, proxy.url, storage={"options": {"config_kwargs": {"retries": {"max_attempts": 1}}}},
-                              output={"format": fmt}))
+        no_retries = {"options": {"config_kwargs": {"retries": {"max_attempts": 1}}}}
+        spec = parse_spec(job(bucket, proxy.url, storage=no_retries, output={"format": fmt}))
         summary = run_job(spec, progress=False)
     finally:
         proxy.close()
@@ -176,3 +177,20 @@ def test_driver_sigkill_then_resume(ray_session, s3_endpoint, tmp_path: Path, fm
     sessions = Counter(r["session"] for r in rows)
     assert sessions[summary.session] == summary.computed  # only the missing items were computed again
     assert ledger_counts(storage)["state"] == "finished"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_container_killed_mid_write_never_appears(s3_endpoint, tmp_path: Path, where):
+    """SIGKILL while a container streams into Storage.open_atomic: nothing under the final name, ever."""
+    uri, options = str(tmp_path / "out"), {}
+    if where == "s3":
+        uri, options = f"s3://{s3_endpoint.bucket()}/out", {"endpoint_url": s3_endpoint.url}
+    code = (f"import time; from doodl_ray.jobs.storage import Storage\n"
+            f"with Storage({uri!r}, {options!r}).open_atomic('data/00000.tar') as f:\n"
+            f"    f.write(b'x' * 1_000_000); f.flush(); print('writing', flush=True); time.sleep(120)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    storage = Storage(uri, options)
+    assert not storage.exists("data/00000.tar") and storage.list("data") == []

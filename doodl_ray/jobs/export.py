@@ -13,7 +13,15 @@ from doodl_ray.errors import InvalidInput
 from doodl_ray.jobs.formats import output_format
 from doodl_ray.jobs.ledger import read_markers
 from doodl_ray.jobs.storage import Storage
-from doodl_ray.jobs.writer import finalize_shard, manifest_format, now, read_manifest, read_rows, shard_key, write_manifest
+from doodl_ray.jobs.writer import (
+    finalize_shard,
+    manifest_format,
+    now,
+    read_manifest,
+    read_rows,
+    shard_key,
+    write_manifest,
+)
 
 
 def _converted(manifest: dict[str, Any], source: Storage, dest: Storage, format_name: str, state: str) -> dict:
@@ -50,5 +58,6 @@ def export_run(source: Storage, dest: Storage, format_name: str) -> dict[str, in
         rows = read_rows(source, shard_key(shard))
         finalize_shard(dest, target, shard, rows, marker["ids_hash"], marker["spec_hash"],
                        source_format.samples(source, shard, rows))
-    write_manifest(dest, {**_converted(manifest, source, dest, format_name, "finished"), "exported_at": now().isoformat()})
+    finished = _converted(manifest, source, dest, format_name, "finished")
+    write_manifest(dest, {**finished, "exported_at": now().isoformat()})
     return counts

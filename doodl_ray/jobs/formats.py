@@ -38,7 +38,7 @@ KINDS = {"image": "png", "initial_image": "initial.png"}
 Images = dict[str, bytes]  # kind -> PNG bytes
 Samples = Iterator[tuple[str, Images]]  # (key, images) of a shard's ok rows, in row order
 
-_READ_CHUNK = 64  # images fetched concurrently when reading loose PNGs
+_CHUNK = 64  # rows whose loose PNGs are read or written concurrently
 
 
 def _ok(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -73,7 +73,7 @@ class OutputFormat:
     def read_staged(self, storage: Storage, shard: int, rows: list[dict[str, Any]]) -> Samples:
         """The staged images of the ok rows, fetched a chunk at a time; an image missing from staging is
         yielded as an empty dict."""
-        for chunk in _chunks(iter(_ok(rows)), _READ_CHUNK):
+        for chunk in _chunks(iter(_ok(rows)), _CHUNK):
             wanted = {(r["key"], kind): self.stage_key(shard, r["key"], kind) for r in chunk for kind in KINDS}
             found = storage.read_many(list(wanted.values()))
             for row in chunk:
@@ -93,11 +93,13 @@ class FilesFormat(OutputFormat):
     def pack(self, storage: Storage, shard: int, rows: list[dict[str, Any]], samples: Optional[Samples]) -> list[dict]:
         if samples is None:
             return rows  # the workers wrote each image in place, and its URI into its row
-        located = {
-            row["key"]: {f"{kind}_uri": storage.write_bytes(self.stage_key(shard, row["key"], kind), images[kind])
-                         if kind in images else None for kind in KINDS}
-            for row, images in _matched(_ok(rows), samples, storage.url("images"))
-        }
+        located: dict[str, dict[str, Optional[str]]] = {}
+        for chunk in _chunks(_matched(_ok(rows), samples, storage.url("images")), _CHUNK):
+            uris = storage.write_many({self.stage_key(shard, row["key"], kind): images[kind]
+                                       for row, images in chunk for kind in images})
+            for row, _ in chunk:
+                keys = {kind: self.stage_key(shard, row["key"], kind) for kind in KINDS}
+                located[row["key"]] = {f"{kind}_uri": uris.get(key) for kind, key in keys.items()}
         return [{**row, **located[row["key"]]} if row["status"] == "ok" else row for row in rows]
 
     def samples(self, storage: Storage, shard: int, rows: list[dict[str, Any]]) -> Samples:

@@ -185,8 +185,8 @@ def _plan(spec: JobSpec, columns: dict[str, list], sources: list[str], files: li
             rejected.append(RejectedRow(item_id, key, shard, sources[row], error, prompt, target, seed))
             continue
         items.append(JobItem(
-            id=item_id, key=key, seed=int(seed) if seed is not None else derive_seed(spec.seed, item_id), shard=shard,
-            source=sources[row], prompt=prompt, target=target, reference=value.get("reference"),
+            id=item_id, key=key, seed=int(seed) if seed is not None else derive_seed(spec.seed, item_id),
+            shard=shard, source=sources[row], prompt=prompt, target=target, reference=value.get("reference"),
             class_label=value.get("class_label"),
         ))
     return InputPlan(items, rejected, shard_ids, files)

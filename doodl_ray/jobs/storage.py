@@ -1,8 +1,8 @@
 """Output storage through fsspec: local folders and s3:// alike.
 
 Every write is atomic (a temporary name then a rename on disk; a single PUT, or a multipart upload that
-appears only when complete, on object stores), so a crash never leaves a partial file under a final name. Keys are relative to the output prefix and checked, so no
-item id can address a file outside it. Transient errors (throttling, 5xx, dropped connections, timeouts)
+appears only when complete, on object stores), so a crash never leaves a partial file under a final name.
+Keys are relative to the output prefix and checked, so no item id can address a file outside it. Transient errors (throttling, 5xx, dropped connections, timeouts)
 are retried with capped exponential backoff; permanent ones (missing bucket, access denied) are not."""
 
 from __future__ import annotations
@@ -115,12 +115,13 @@ class Storage:
         """A local file to stream a large object into; it lands under `key` whole when the block exits
         cleanly, and nowhere otherwise."""
         path = self.path(key)
-        folder = posixpath.dirname(path)
-        if self.local:
-            self.fs.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{uuid.uuid4().hex}-", dir=folder if self.local else None)
+        if self.local:  # beside the final name, so the rename is atomic
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            tmp = f"{posixpath.dirname(path)}/.tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}"
+        else:
+            tmp = os.path.join(tempfile.gettempdir(), f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 yield f
             if self.local:
                 os.replace(tmp, path)  # within one folder: atomic
@@ -142,16 +143,22 @@ class Storage:
         left out, any other error is raised (and retried when transient)."""
         if not keys:
             return {}
-        paths = {self.path(k): k for k in keys}
 
-        def cat() -> dict[str, Any]:
-            found = self.fs.cat(list(paths), on_error="return")
-            for value in found.values():
+        def cat() -> list[Any]:
+            found = self.fs.cat_ranges([self.path(k) for k in keys], None, None, on_error="return")  # whole files
+            for value in found:
                 if isinstance(value, Exception) and not isinstance(value, FileNotFoundError):
                     raise value
             return found
 
-        return {paths[p]: v for p, v in with_retries(cat, self.retry).items() if not isinstance(v, Exception)}
+        return {k: v for k, v in zip(keys, with_retries(cat, self.retry)) if not isinstance(v, Exception)}
+
+    def write_many(self, items: dict[str, bytes]) -> dict[str, str]:
+        """Write several keys, each atomically (concurrently where the filesystem can); returns their URIs."""
+        if self.local:
+            return {key: self.write_bytes(key, data) for key, data in items.items()}
+        with_retries(lambda: self.fs.pipe({self.path(k): data for k, data in items.items()}), self.retry)
+        return {key: self.url(key) for key in items}
 
     def exists(self, key: str) -> bool:
         return with_retries(lambda: self.fs.exists(self.path(key)), self.retry)

@@ -1,8 +1,9 @@
 """The worker: one Ray actor per GPU that loads its models once and runs batches of items.
 
-Each batch's images go straight to storage (where the output format stages them: jobs.formats),
-followed by one results part per shard, so a finished item is durable before the driver even hears of it. Failures are reported per item, never raised: a batch
-that fails as a whole is rerun item by item so one bad item cannot take its batch-mates down with it.
+Each batch's images go straight to storage (where the output format stages them: jobs.formats), followed
+by one results part per shard, so a finished item is durable before the driver even hears of it. Failures
+are reported per item, never raised: a batch that fails as a whole is rerun item by item so one bad item
+cannot take its batch-mates down with it.
 What runs per batch is a pluggable *processor* (validate(item), run(items) -> results with the fields of
 doodl_ray.engine.ItemResult): the Engine for real work, the no-op one to measure orchestration. Rows
 record each result's provenance: its own (noise hash, compute counts) and, from the processor's
@@ -83,7 +84,6 @@ class EngineProcessor:
         import torch
 
         from doodl_ray.engine import Engine
-
         from doodl_ray.provenance import describe
 
         dtype = getattr(torch, spec.dtype) if spec.dtype else None

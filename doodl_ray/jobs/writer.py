@@ -107,9 +107,9 @@ def failure_row(item: JobItem, context: RowContext, status: str, error: BaseExce
 def rejected_row(row: RejectedRow, context: RowContext) -> dict[str, Any]:
     """The row of an input row rejected before dispatch."""
     return {
-        "id": row.id, "key": row.key, "shard": row.shard, "source": row.source, "status": "rejected", "prompt": row.prompt,
-        "target": _target_text(row.target), "seed": row.seed, "attempts": 0, "error_type": "InvalidInput",
-        "error": row.error, **asdict(context),
+        "id": row.id, "key": row.key, "shard": row.shard, "source": row.source, "status": "rejected",
+        "prompt": row.prompt, "target": _target_text(row.target), "seed": row.seed, "attempts": 0,
+        "error_type": "InvalidInput", "error": row.error, **asdict(context),
     }
 
 
