@@ -34,7 +34,8 @@ from tests.s3_server import s3_endpoint  # noqa: F401
 from tests.test_jobs_e2e import read_results
 
 DIGITS = ROOT / "doodl_ray" / "assets" / "digits"
-IDS = ["../../x", "a b", "a_b", "cat/001", "https://x.y/z?q=1", "日本", "x" * 300, "item.1", "d0", "d1", "d2", "d3"]
+IDS = ["../../x", "a b", "a_b", "cat/001", "https://x.y/z?q=1", "日本", "x" * 300, "item.1", "d0", "d1", "d2", "None"]
+MISSING = [None, "", ""]  # rejected rows, in the last shard with the id "None"
 FORMATS = ("files", "webdataset", "parquet")
 SAME_EVERY_RUN = ("id", "key", "shard", "status", "prompt", "target", "seed", "noise_hash", "method", "initial_loss",
                   "final_loss", "best_iteration", "history", "terms", "scores", "compute", "model", "provenance",
@@ -56,22 +57,24 @@ def digits_spec(input_uri: str, output_uri: str, fmt: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(ray_session, tmp_path_factory) -> dict[str, Path]:
-    """One run per format of the same spec; a row without an id makes a rejected row in every ledger."""
+    """One run per format of the same spec; rows without an id are rejected rows in every ledger."""
     root = tmp_path_factory.mktemp("formats")
-    ids = [*IDS, None]
+    ids = [*IDS, *MISSING]
     pq.write_table(pa.table({"id": ids, "target": [i % 10 for i in range(len(ids))],
                              "prompt": [f"digit {i % 10}" for i in range(len(ids))]}), root / "in.parquet")
     outputs = {}
     for fmt in FORMATS:
         outputs[fmt] = root / fmt
         summary = run_job(parse_spec(digits_spec(str(root / "in.parquet"), str(outputs[fmt]), fmt)), progress=False)
-        assert (summary.ok, summary.failed, summary.rejected) == (len(IDS), 0, 1)
+        assert (summary.ok, summary.failed, summary.rejected) == (len(IDS), 0, len(MISSING))
     return outputs
 
 
 def ledger(output: Path) -> dict[str, dict]:
     rows = [r for path in sorted(output.glob("results/shard-*.parquet")) for r in pq.read_table(path).to_pylist()]
-    assert len(rows) == len(IDS) + 1 and len({r["id"] for r in rows}) == len(rows)  # each input row once
+    assert len(rows) == len(IDS) + len(MISSING)  # each input row once
+    assert sorted(r["id"] for r in rows if r["id"]) == sorted(IDS)
+    assert [r["error"] for r in rows if not r["id"]] == ["missing id"] * len(MISSING)
     return {r["id"]: r for r in rows if r["status"] == "ok"}
 
 
@@ -173,7 +176,8 @@ def test_export_between_formats_keeps_rows_and_images(runs, s3_endpoint, tmp_pat
     with redirect_stdout(status):
         assert main(["status", wds_uri, "--endpoint-url", s3_endpoint.url, "--json"]) == 0
     counts = json.loads(status.getvalue())
-    assert (counts["state"], counts["ok"], counts["rejected"], counts["shards_done"]) == ("finished", len(IDS), 1, 3)
+    assert (counts["state"], counts["ok"], counts["rejected"], counts["shards_done"]) == \
+        ("finished", len(IDS), len(MISSING), 3)
     sheet = tmp_path / "sheet.png"  # the contact sheet reads images out of the tars
     assert main(["sheet", wds_uri, "--endpoint-url", s3_endpoint.url, "--out", str(sheet)]) == 0
     assert Image.open(sheet).size[0] > 0

@@ -39,11 +39,11 @@ def test_keys_are_unique_safe_segments_and_readable_ids_keep_their_name(tmp_path
 
 
 def test_reader_keeps_any_non_empty_id_and_rejects_missing_ones(tmp_path: Path):
-    ids = [*TRICKY_IDS, None, ""]
+    ids = [*TRICKY_IDS, None, "", ""]
     pq.write_table(pa.table({"id": ids, "extra": list(range(len(ids)))}), tmp_path / "in.parquet")
     spec = parse_spec({"run_id": "t", "model": "m", "output": {"uri": str(tmp_path / "out"), "shard_size": 8},
                        "input": {"uri": str(tmp_path / "in.parquet"), "columns": {"id": "id"}}})
     plan = read_input(spec, {})
     assert [i.id for i in plan.items] == TRICKY_IDS
     assert [i.key for i in plan.items] == [item_key(i) for i in TRICKY_IDS]
-    assert [(r.id, r.key, r.error) for r in plan.rejected] == [(None, None, "missing id"), ("", None, "missing id")]
+    assert [(r.id, r.key, r.error) for r in plan.rejected] == [(i, None, "missing id") for i in (None, "", "")]

@@ -291,9 +291,13 @@ class Driver:
         for marker in state.complete.values():
             for status in self.counts:
                 self.counts[status] += marker.get(status, 0)
+        self.unnamed: dict[int, list[dict]] = {}  # rejected rows without an id, in row order, by shard
         for row in plan.rejected:
             if row.shard in self.shard_rows:
-                self.shard_rows[row.shard][str(row.id)] = rejected_row(row, self.context)
+                if row.id:
+                    self.shard_rows[row.shard][row.id] = rejected_row(row, self.context)
+                else:
+                    self.unnamed.setdefault(row.shard, []).append(rejected_row(row, self.context))
                 self.counts["rejected"] += 1
         done = state.done_ids(self.retry_failed)
         self.resumed = len(done) + sum(m.get("ok", 0) + m.get("failed", 0) for m in state.complete.values())
@@ -311,10 +315,9 @@ class Driver:
         return pending
 
     def _finalize(self, shard: int) -> None:
-        rows = self.shard_rows.pop(shard)
-        order = [str(i) for i in self.plan.shard_ids[shard]]
-        finalize_shard(self.storage, self.format, shard, [rows[i] for i in order], ids_hash(self.plan.shard_ids[shard]),
-                       self.spec_hash)
+        rows, unnamed = self.shard_rows.pop(shard), iter(self.unnamed.pop(shard, []))
+        ordered = [rows[i] if i else next(unnamed) for i in self.plan.shard_ids[shard]]
+        finalize_shard(self.storage, self.format, shard, ordered, ids_hash(self.plan.shard_ids[shard]), self.spec_hash)
 
     def _record(self, item: JobItem, row: dict[str, Any]) -> None:
         """An item's final row: count it, and close its shard when it was the last one."""

@@ -210,7 +210,7 @@ def _duplicates(ids: list[Optional[str]]) -> list[str]:
     seen: set[str] = set()
     dups: dict[str, None] = {}
     for item_id in ids:
-        if item_id is not None and item_id in seen:
+        if item_id and item_id in seen:  # rows without an id are rejected one by one, not duplicates
             dups[item_id] = None
         seen.add(item_id)  # type: ignore[arg-type]
     return list(dups)
