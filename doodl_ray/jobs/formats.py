@@ -17,6 +17,7 @@ anywhere in between rebuilds the container from the same staged images on the ne
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import io
 import itertools
@@ -45,24 +46,24 @@ def _ok(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r["status"] == "ok"]
 
 
-class OutputFormat:
+class OutputFormat(abc.ABC):
     """Where workers put images, how a finished shard is packed, and how a finished shard is read back."""
 
     name: ClassVar[str]
     prefixes: ClassVar[tuple[str, ...]]  # what a run of this format writes besides results/ and the manifest
 
+    @abc.abstractmethod
     def stage_key(self, shard: int, key: str, kind: str) -> str:
         """Where a worker writes an item's image of `kind`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def pack(self, storage: Storage, shard: int, rows: list[dict[str, Any]], samples: Optional[Samples]) -> list[dict]:
         """Write the shard's images from `samples` (None: what the workers staged); returns the rows as the
         ledger keeps them (with their image columns saying where the images now are)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def samples(self, storage: Storage, shard: int, rows: list[dict[str, Any]]) -> Samples:
         """The images of a packed shard whose ledger rows are `rows`."""
-        raise NotImplementedError
 
     def cleanup(self, storage: Storage, shard: int) -> None:
         """Drop what only served to pack the shard (after its marker is written)."""
@@ -142,9 +143,9 @@ class PackedFormat(OutputFormat):
     def tidy(self, storage: Storage) -> None:
         storage.delete_prefix("staging")
 
+    @abc.abstractmethod
     def write(self, f: IO[bytes], samples: Iterator[tuple[dict[str, Any], Images]]) -> None:
         """Write the container of these (row, images) to an open file."""
-        raise NotImplementedError
 
 
 class WebDatasetFormat(PackedFormat):
@@ -161,7 +162,7 @@ class WebDatasetFormat(PackedFormat):
                 members[f"{key}.json"] = json.dumps(json_row(row), ensure_ascii=False).encode()
                 if row["prompt"] is not None:
                     members[f"{key}.txt"] = row["prompt"].encode()
-                mtime = row["finished_at"].timestamp() if row["finished_at"] else 0
+                mtime = int(row["finished_at"].timestamp()) if row["finished_at"] else 0
                 for name, data in members.items():
                     info = tarfile.TarInfo(name)
                     info.size, info.mtime, info.mode = len(data), mtime, 0o644
