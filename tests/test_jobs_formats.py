@@ -184,6 +184,20 @@ def test_export_between_formats_keeps_rows_and_images(runs, s3_endpoint, tmp_pat
     assert read_results(fs, f"{bucket}/wds")[0]["image_uri"] is None
 
 
+def test_a_run_from_before_keys_exports_and_sheets(runs, tmp_path):
+    """Its ledger has no key column (files were named by id, and ids were plain names): read as key = id."""
+    old = Path(shutil.copytree(runs["files"], tmp_path / "old"))
+    plain = [i for i in IDS if item_key(i) == i]
+    for path in old.glob("results/shard-*.parquet"):
+        table = pq.read_table(path)
+        keep = pa.array([i in plain for i in table["id"].to_pylist()])
+        pq.write_table(table.filter(keep).drop_columns(["key"]), path)
+    export_run(Storage(str(old)), Storage(str(tmp_path / "wds")), "webdataset")
+    with tarfile.open(tmp_path / "wds" / "data" / "00001.tar") as tar:
+        assert {name.split(".")[0] for name in tar.getnames()} == {i for i in plain if i in IDS[5:10]}
+    assert main(["sheet", str(old), "--out", str(tmp_path / "sheet.png")]) == 0
+
+
 def test_a_run_refuses_an_output_in_another_format_and_export_an_unfinished_run(runs, tmp_path):
     data = digits_spec(str(runs["files"].parent / "in.parquet"), str(runs["files"]), "parquet")
     with pytest.raises(InvalidInput, match="holds run 'formats' in the files format, not parquet; `doodl-ray export`"):

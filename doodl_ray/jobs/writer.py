@@ -139,7 +139,13 @@ def to_parquet(rows: list[dict[str, Any]]) -> bytes:
 
 
 def read_rows(storage: Storage, key: str) -> list[dict[str, Any]]:
-    return pq.read_table(io.BytesIO(storage.read_bytes(key))).to_pylist()
+    """A ledger file's rows. Runs from before storage keys existed named an item's files by its id."""
+    table = pq.read_table(io.BytesIO(storage.read_bytes(key)))
+    rows = table.to_pylist()
+    if "key" not in table.column_names:
+        for row in rows:
+            row["key"] = row["id"]
+    return rows
 
 
 def write_part(storage: Storage, shard: int, token: str, rows: list[dict[str, Any]]) -> None:
