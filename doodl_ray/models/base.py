@@ -8,31 +8,44 @@ arithmetic stays in float32 (or float64)."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from doodl_ray.sampling.edict import EpsFn
+from doodl_ray.sampling.flow import flow_schedule, flow_training_pair
 from doodl_ray.sampling.schedule import Schedule, ddim_schedule
 
 
 class Diffusion:
-    """Base adapter for noise-predicting (DDPM/DDIM-trained) models; flow models override `schedule` and
-    `training_pair`."""
+    """Base adapter for noise-predicting (DDPM/DDIM-trained) models; `FlowDiffusion` for velocity-predicting ones."""
 
     family: str = "diffusion"
     network: nn.Module  # the denoising network (UNet or transformer)
     scheduler_config: dict[str, Any]
     needs_prompt: bool = False
+    default_cfg_scale: float | None = None  # the guidance scale a `cfg_scale` of None means (text models)
 
     def __init__(self, network: nn.Module, scheduler_config: dict[str, Any]):
-        from diffusers import DDIMScheduler
-
         self.network = network.eval().requires_grad_(False)
         self.scheduler_config = dict(scheduler_config)
-        self.alphas_cumprod = DDIMScheduler.from_config(self.scheduler_config).alphas_cumprod.to(torch.float64)
-        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
+
+    @cached_property
+    def alphas_cumprod(self) -> Tensor:
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.scheduler_config).alphas_cumprod.to(torch.float64)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    def to(self, device: torch.device | str) -> "Diffusion":
+        """The model's modules that sample on `device`."""
+        self.network.to(device)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -54,14 +67,20 @@ class Diffusion:
         return ddim_schedule(self.scheduler_config, steps)
 
     def condition(
-        self, prompts: Sequence[str | None] | None, class_labels: Sequence[int | None] | None, cfg_scale: float
+        self, prompts: Sequence[str | None] | None, class_labels: Sequence[int | None] | None,
+        cfg_scale: float | None,
     ) -> EpsFn:
-        """eps(z, t) for one batch, item i conditioned on prompts[i] / class_labels[i]."""
+        """eps(z, t) for one batch, item i conditioned on prompts[i] / class_labels[i]; `cfg_scale` None is the
+        model's own default (`default_cfg_scale`)."""
         raise NotImplementedError
 
-    def passes(self, cfg_scale: float) -> int:
+    def passes(self, cfg_scale: float | None) -> int:
         """Network passes per item in one `eps` call (2 with classifier-free guidance): the unit of compute."""
         return 1
+
+    def cfg(self, cfg_scale: float | None) -> float | None:
+        """The guidance scale to use: the one given, or the model's default."""
+        return self.default_cfg_scale if cfg_scale is None else cfg_scale
 
     def decode(self, z: Tensor) -> Tensor:
         raise NotImplementedError
@@ -74,8 +93,9 @@ class Diffusion:
         abar = float(self.alphas_cumprod[t])
         return abar**0.5 * z0 + (1 - abar) ** 0.5 * noise, t, noise
 
-    def to_epsilon(self, out: Tensor, z: Tensor, t: int) -> Tensor:
-        """Convert a v- or x0-prediction to a noise prediction (SD 2.x 768 models predict v)."""
+    def model_output(self, out: Tensor, z: Tensor, t: int) -> Tensor:
+        """The network output in the schedule's parametrization: here the noise, converted from a v- or
+        x0-prediction (SD 2.x 768 models predict v)."""
         if self.prediction_type == "epsilon":
             return out
         abar = float(self.alphas_cumprod[t])
@@ -84,3 +104,33 @@ class Diffusion:
         if self.prediction_type == "sample":
             return (z - abar**0.5 * out) / (1 - abar) ** 0.5
         raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+
+
+class FlowDiffusion(Diffusion):
+    """Rectified-flow models (FlowMatchEulerDiscreteScheduler): `eps` is the velocity, the schedule the Euler steps
+    of the flow ODE at the scheduler's own levels (`sampling/flow.py`), the training pair flow matching's.
+    Family adapters say how many image tokens a latent holds (for resolution-dependent shifts) and which σ grid
+    their pipeline passes the scheduler, if any."""
+
+    def schedule(self, steps: int, latent_shape: Sequence[int]) -> Schedule:
+        return flow_schedule(self.scheduler_config, steps, self.image_seq_len(latent_shape), self.flow_sigmas(steps))
+
+    def image_seq_len(self, latent_shape: Sequence[int]) -> int | None:
+        """Image tokens per latent of this shape (what a dynamic shift depends on); None: not a token model."""
+        return None
+
+    def flow_sigmas(self, steps: int) -> list[float] | None:
+        """The unshifted σ grid the model's pipeline gives its scheduler; None: the scheduler's own."""
+        return None
+
+    @property
+    def train_steps(self) -> int:
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    def training_pair(self, z0: Tensor, noise: Tensor, level: float) -> tuple[Tensor, Any, Tensor]:
+        """(z_σ, timestep, velocity target) at σ = level: ((1 − σ) z0 + σ n, σ·T, n − z0)."""
+        return flow_training_pair(z0, noise, level, self.train_steps)
+
+    def model_output(self, out: Tensor, z: Tensor, t: Any) -> Tensor:
+        """A flow network's output is already the velocity the schedule steps with."""
+        return out

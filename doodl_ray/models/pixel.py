@@ -1,18 +1,23 @@
-"""Pixel-space UNet2DModel, unconditional or class-conditional (`num_class_embeds`): the image is the latent."""
+"""Pixel-space UNet2DModel, unconditional or class-conditional (`num_class_embeds`): the image is the latent.
+Trained with DDPM (noise, v or x0 prediction) or, with a FlowMatchEulerDiscreteScheduler config, rectified flow."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from doodl_ray.models.base import Diffusion
+from doodl_ray.models.base import Diffusion, FlowDiffusion
 from doodl_ray.sampling.edict import EpsFn
 
 
 class PixelDiffusion(Diffusion):
     family = "pixel"
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any) -> "PixelDiffusion":
+        return cls(pipe.unet, dict(pipe.scheduler.config))
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -31,7 +36,8 @@ class PixelDiffusion(Diffusion):
         return self.latent_shape(height, width)
 
     def condition(
-        self, prompts: Sequence[str | None] | None, class_labels: Sequence[int | None] | None, cfg_scale: float
+        self, prompts: Sequence[str | None] | None, class_labels: Sequence[int | None] | None,
+        cfg_scale: float | None,
     ) -> EpsFn:
         labels = None
         if self.num_classes:
@@ -41,9 +47,15 @@ class PixelDiffusion(Diffusion):
 
         def eps(z: Tensor, t: int) -> Tensor:
             out = self.network(z.to(self.dtype), t, class_labels=labels).sample
-            return self.to_epsilon(out.to(z.dtype), z, t)
+            return self.model_output(out.to(z.dtype), z, t)
 
         return eps
 
     def decode(self, z: Tensor) -> Tensor:
         return z
+
+
+class PixelFlowDiffusion(FlowDiffusion, PixelDiffusion):
+    """A pixel-space UNet2DModel trained by flow matching: it predicts the velocity, called at t = σ·T."""
+
+    family = "pixel-flow"
