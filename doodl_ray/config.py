@@ -21,10 +21,14 @@ def validation_problems(exc: ValidationError, top: str) -> str:
 class SamplerConfig(StrictModel):
     """EDICT sampling: number of DDIM steps, mixing weight, classifier-free guidance."""
 
-    steps: int = Field(50, ge=1, le=1000, description="DDIM steps (timesteps come from the model's scheduler).")
+    steps: int = Field(50, ge=1, le=1000, description="Sampler steps: DDIM, or Euler steps of a flow model's ODE "
+                       "(timesteps and shift come from the model's scheduler).")
     mix: float = Field(0.93, gt=0.5, lt=1.0, description="EDICT mixing weight p.")
     leapfrog: bool = Field(True, description="Alternate which chain is updated first (EDICT default).")
-    cfg_scale: float = Field(7.5, ge=0.0, description="Classifier-free guidance scale (text models only).")
+    cfg_scale: float | None = Field(
+        None, ge=0.0, description="Classifier-free guidance scale (text models only; FLUX.1-dev: its embedded "
+        "guidance, one pass). None: the model's own default (SD 7.5, SDXL 5.0, SD 3 7.0, FLUX 3.5).",
+    )
     height: int | None = Field(None, ge=8, description="Image height in pixels; default: the model's native size.")
     width: int | None = Field(None, ge=8, description="Image width in pixels; default: the model's native size.")
 

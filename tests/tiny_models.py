@@ -12,6 +12,7 @@ from diffusers import (
     AutoencoderKL,
     DDIMPipeline,
     DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
     UNet2DModel,
@@ -19,7 +20,7 @@ from diffusers import (
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from doodl_ray.benchmarks.sd import offline_clip_tokenizer
+from doodl_ray.benchmarks.architectures import build_pipeline, offline_clip_tokenizer
 
 SD_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
@@ -54,17 +55,35 @@ def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def save_tiny_pixel(folder: Path, channels: int = 3, size: int = 16, num_class_embeds: int | None = None,
-                    widths: tuple[int, ...] = (8, 16), seed: int = 0) -> Path:
-    """A pixel-space UNet2DModel + DDIM scheduler pipeline (unconditional or class-conditional)."""
+def save_tiny_family(folder: Path, family: str, seed: int = 0) -> Path:
+    """A tiny "sdxl", "sd3" or "flux" pipeline (the benchmarks' toy architectures: diffusers' own test configs,
+    offline tokenizers, ~2M params), saved with save_pretrained."""
+    build_pipeline(family, tiny=True, seed=seed).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _pixel_unet(channels: int, size: int, num_class_embeds: int | None, widths: tuple[int, ...], seed: int) -> UNet2DModel:
     torch.manual_seed(seed)
-    unet = UNet2DModel(
+    return UNet2DModel(
         sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
         block_out_channels=widths, down_block_types=("DownBlock2D",) * len(widths),
         up_block_types=("UpBlock2D",) * len(widths), norm_num_groups=4, num_class_embeds=num_class_embeds,
     )
+
+
+def save_tiny_pixel(folder: Path, channels: int = 3, size: int = 16, num_class_embeds: int | None = None,
+                    widths: tuple[int, ...] = (8, 16), seed: int = 0) -> Path:
+    """A pixel-space UNet2DModel + DDIM scheduler pipeline (unconditional or class-conditional)."""
+    unet = _pixel_unet(channels, size, num_class_embeds, widths, seed)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
     DDIMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_tiny_pixel_flow(folder: Path, channels: int = 3, size: int = 16, seed: int = 0, **scheduler) -> Path:
+    """A bare pixel-space UNet2DModel folder with a flow-matching scheduler config beside it (a velocity model)."""
+    _pixel_unet(channels, size, None, (8, 16), seed).save_pretrained(folder, safe_serialization=True)
+    FlowMatchEulerDiscreteScheduler(**scheduler).save_pretrained(folder)
     return folder
 
 

@@ -13,22 +13,28 @@ from typing import Any
 
 import fsspec
 
-from doodl_ray.errors import ModelLoadError
+from doodl_ray.errors import InvalidInput, ModelLoadError
 from doodl_ray.fetch import is_remote
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FAMILIES = {  # model_index.json `_class_name` -> family
     "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
     "DDIMPipeline": "pixel",
     "DDPMPipeline": "pixel",
 }
+NETWORK = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer"}  # the denoiser's subfolder
+FLUX_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size: its transformer config has no sample_size
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    family: str  # one of FAMILIES' values
+    family: str  # one of FAMILIES' values, or "pixel-flow" (a bare UNet2DModel with a flow scheduler)
     image_shape: tuple[int, int, int]  # (C, H, W) of the decoded images at the native size
     latent_scale: int  # image pixels per latent pixel (1 for pixel models)
+    size_multiple: int  # image sides must be multiples of this
 
 
 class _Skipped(Exception):
@@ -88,18 +94,33 @@ def _inspect(ref: str, opts: dict[str, Any], offline: bool) -> ModelInfo:
         config = _read_json(ref, "config.json", opts, offline)
         if config is None or config.get("_class_name") != "UNet2DModel":
             raise ModelLoadError(f"model {ref} has neither model_index.json nor a UNet2DModel config.json")
-        return ModelInfo("pixel", _pixel_shape(config), 1)
+        scheduler = _read_json(ref, "scheduler_config.json", opts, offline) or {}
+        flow = scheduler.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
+        return ModelInfo("pixel-flow" if flow else "pixel", _pixel_shape(config), 1, 1)
     family = FAMILIES.get(index.get("_class_name", ""))
     if family is None:
         raise ModelLoadError(f"model {ref}: {index.get('_class_name')!r} is not a supported family "
                              f"(supported: {supported_families()})")
     if family == "pixel":
-        return ModelInfo("pixel", _pixel_shape(_read_json(ref, "unet/config.json", opts, offline) or {}), 1)
-    unet = _read_json(ref, "unet/config.json", opts, offline) or {}
+        return ModelInfo("pixel", _pixel_shape(_read_json(ref, "unet/config.json", opts, offline) or {}), 1, 1)
+    network = _read_json(ref, f"{NETWORK[family]}/config.json", opts, offline) or {}
     vae = _read_json(ref, "vae/config.json", opts, offline) or {}
+    return latent_model_info(family, network, vae)
+
+
+def latent_model_info(family: str, network: dict[str, Any], vae: dict[str, Any]) -> ModelInfo:
+    """A latent family's geometry from its network and VAE configs, by its pipeline's rules: the VAE
+    downsamples by s = 2^(levels - 1); the native side is the network's sample_size latents (FLUX's pipeline:
+    128) times s; sides must be multiples of s, times the patch size for SD3 and the 2×2 packing for FLUX."""
     scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
-    side = int(unet.get("sample_size", 64)) * scale
-    return ModelInfo(family, (int(vae.get("out_channels", 3)), side, side), scale)
+    if family == "flux":
+        latents, multiple = FLUX_SAMPLE_SIZE, scale * 2
+    elif family == "sd3":
+        latents, multiple = int(network.get("sample_size", 128)), scale * int(network.get("patch_size", 2))
+    else:
+        latents, multiple = int(network.get("sample_size", 64)), scale
+    side = latents * scale
+    return ModelInfo(family, (int(vae.get("out_channels", 3)), side, side), scale, multiple)
 
 
 def supported_families() -> str:
@@ -111,9 +132,14 @@ def supported_families() -> str:
 
 
 def image_shape(info: ModelInfo, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-    """The decoded image shape at a requested size (default: the model's native size)."""
+    """The decoded image shape at a requested size (default: the model's native size); InvalidInput for a
+    size the model cannot make."""
     channels, native_h, native_w = info.image_shape
-    return channels, height or native_h, width or native_w
+    h, w = height or native_h, width or native_w
+    if h % info.size_multiple or w % info.size_multiple:
+        raise InvalidInput(f"image size {h}x{w}: a {info.family} model makes sides that are multiples of "
+                           f"{info.size_multiple}")
+    return channels, h, w
 
 
 def _pixel_shape(config: dict[str, Any]) -> tuple[int, int, int]:

@@ -1,25 +1,35 @@
 """Load a diffusion model by reference: a hub id, a local diffusers folder, or an s3:// (any fsspec) folder.
 
-Only safetensors weights are accepted (never unpickle). A pipeline folder (`model_index.json`) gives a
-Stable-Diffusion-layout latent model or a pixel UNet2DModel pipeline; a bare UNet2DModel folder
-(`config.json`) gets the scheduler config beside it (`scheduler_config.json`) or DDPM's default."""
+The family comes from `model_index.json` (`inspect.FAMILIES`) before any weights are read, so an unsupported
+pipeline is one line naming the supported ones. Only safetensors weights are accepted (never unpickle); a folder
+or hub repo whose weights are the `fp16` variant (`*.fp16.safetensors`) loads them, and prefers them over full
+precision ones when the model runs in 16 bits. Weights load on the CPU in the engine's dtype (accelerate's
+low-memory path), then the network and VAE move to the device; text encoders stay on the CPU and visit the
+device only to encode (`latent.LatentDiffusion.encoding`). A bare UNet2DModel folder (`config.json`) gets the
+scheduler config beside it (`scheduler_config.json`, DDPM-family or flow matching) or DDPM's default."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
-from doodl_ray.models.base import Diffusion
-from doodl_ray.models.pixel import PixelDiffusion
-from doodl_ray.models.sd import LatentTextDiffusion
 from doodl_ray.errors import ModelLoadError
 from doodl_ray.fetch import is_remote, local_copy
+from doodl_ray.models.base import Diffusion
+from doodl_ray.models.flux import FluxDiffusion
+from doodl_ray.models.inspect import FAMILIES, supported_families
+from doodl_ray.models.pixel import PixelDiffusion, PixelFlowDiffusion
+from doodl_ray.models.sd import LatentTextDiffusion
+from doodl_ray.models.sd3 import SD3Diffusion
+from doodl_ray.models.sdxl import SDXLDiffusion
+from doodl_ray.sampling.flow import is_flow
 
 DEFAULT_PIXEL_SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
                            "beta_end": 0.02, "clip_sample": False}
+HALF = (torch.float16, torch.bfloat16)
 
 
 def load_diffusion(
@@ -31,8 +41,8 @@ def load_diffusion(
     folder = Path(path)
     try:
         if folder.is_dir() and not (folder / "model_index.json").exists():
-            return _bare_unet(folder, device, dtype)
-        return _load_pipeline(path, device, dtype)
+            return _bare_unet(folder, dtype).to(device)
+        return _load_pipeline(path, dtype).to(device)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -40,30 +50,58 @@ def load_diffusion(
         raise ModelLoadError(f"{ref} is not a loadable diffusers model {kind}: {_first_line(exc)}") from None
 
 
-def _load_pipeline(path: str, device: torch.device | str, dtype: torch.dtype) -> Diffusion:
+def _load_pipeline(path: str, dtype: torch.dtype) -> Diffusion:
     from diffusers import DiffusionPipeline
 
     index = DiffusionPipeline.load_config(path)
+    family = FAMILIES.get(index.get("_class_name", ""))
+    if family is None:
+        raise ModelLoadError(f"{path}: {index.get('_class_name')!r} is not a supported family "
+                             f"(supported: {supported_families()})")
     extra = {"safety_checker": None} if "safety_checker" in index else {}
-    pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True, **extra).to(device)
-    scheduler = dict(pipe.scheduler.config)
-    if getattr(pipe, "vae", None) is not None and getattr(pipe, "text_encoder", None) is not None:
-        return LatentTextDiffusion(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler)
-    if getattr(pipe, "unet", None) is not None and type(pipe.unet).__name__ == "UNet2DModel":
-        return PixelDiffusion(pipe.unet, scheduler)
-    raise ModelLoadError(f"{path}: {type(pipe).__name__} is neither a latent text-to-image nor a pixel UNet pipeline")
+    pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                             variant=weight_variant(_weight_files(path), dtype), **extra)
+    return ADAPTERS[family].from_pipeline(pipe)
 
 
-def _bare_unet(folder: Path, device: torch.device | str, dtype: torch.dtype) -> Diffusion:
+def weight_variant(files: Iterable[str] | None, dtype: torch.dtype) -> str | None:
+    """"fp16" when the weights include the fp16 variant and either the model runs in 16 bits or there are no
+    others; None (the full-precision files) otherwise, or when the file list is unknown."""
+    names = [Path(f).name for f in files or () if f.endswith(".safetensors")]
+    half = [n for n in names if ".fp16." in n or ".fp16-" in n]
+    if not half:
+        return None
+    return "fp16" if dtype in HALF or len(half) == len(names) else None
+
+
+def _weight_files(path: str) -> list[str] | None:
+    """The files of a local folder or hub repo; None when they cannot be listed (offline hub)."""
+    folder = Path(path)
+    if folder.is_dir():
+        return [str(p.relative_to(folder)) for p in folder.rglob("*.safetensors")]
+    from huggingface_hub import list_repo_files
+
+    try:
+        return list_repo_files(path)
+    except Exception:  # offline, unknown repo or network: from_pretrained reports it in its own words
+        return None
+
+
+def _bare_unet(folder: Path, dtype: torch.dtype) -> Diffusion:
     from diffusers import UNet2DModel
 
     config = folder / "config.json"
     if not config.exists() or json.loads(config.read_text()).get("_class_name") != "UNet2DModel":
         raise ModelLoadError(f"{folder} has neither model_index.json nor a UNet2DModel config.json")
-    unet = UNet2DModel.from_pretrained(folder, dtype=dtype, use_safetensors=True).to(device)
+    unet = UNet2DModel.from_pretrained(folder, dtype=dtype, use_safetensors=True,
+                                       variant=weight_variant(_weight_files(str(folder)), dtype))
     scheduler_file = folder / "scheduler_config.json"
     scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else DEFAULT_PIXEL_SCHEDULER
-    return PixelDiffusion(unet, scheduler)
+    return (PixelFlowDiffusion if is_flow(scheduler) else PixelDiffusion)(unet, scheduler)
+
+
+ADAPTERS = {"sd": LatentTextDiffusion, "sdxl": SDXLDiffusion, "sd3": SD3Diffusion, "flux": FluxDiffusion,
+            "pixel": PixelDiffusion}
 
 
 def _first_line(exc: BaseException) -> str:
