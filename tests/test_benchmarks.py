@@ -4,6 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from doodl_ray.cli import main
+
 
 def _last_json(args):
     proc = subprocess.run([sys.executable, "-m", "doodl_ray.cli", "bench", *args, "--json"], capture_output=True,
@@ -11,16 +15,28 @@ def _last_json(args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_grad_benchmark_reports_every_mode():
-    result = _last_json(["grad", "--steps", "2", "4", "--size", "16", "--repeats", "1"])
-    assert result["steps"] == [2, 4]
-    for key in ("peak_mb", "sec_per_grad"):
-        assert set(result[key]) == {"autograd", "checkpoint", "reversible"}
-        assert all(len(v) == 2 for v in result[key].values())
-    assert result["peak_mb"]["autograd"][1] > result["peak_mb"]["autograd"][0]  # autograd grows with steps
-    assert result["roundtrip_rel_err"]["float64"] <= 1e-9 < result["roundtrip_rel_err"]["float32"]
+def test_grad_benchmark_reports_every_mode_for_both_models():
+    result = _last_json(["grad", "--steps", "2", "4", "--size", "16", "--repeats", "1", "--rounds", "1"])
+    assert result["steps"] == [2, 4] and set(result["models"]) == {"ddim", "flow"}
+    for model in result["models"].values():
+        for key in ("peak_mb", "sec_per_grad"):
+            assert set(model[key]) == {"autograd", "checkpoint", "reversible"}
+            assert all(len(v) == 2 for v in model[key].values())
+        assert model["peak_mb"]["autograd"][1] > model["peak_mb"]["autograd"][0]  # autograd grows with steps
+        assert model["roundtrip_rel_err"]["float64"] <= 1e-9 < model["roundtrip_rel_err"]["float32"]
 
 
 def test_sd_benchmark_runs_at_toy_size():
     result = _last_json(["sd", "--tiny", "--device", "cpu", "--steps", "2", "--iterations", "1", "--crops", "2"])
-    assert result["sec_per_iteration"] > 0 and result["sec_per_cfg_unet_forward"] > 0
+    assert result["model"] == "sd15" and result["passes"] == 2
+    assert result["sec_per_iteration"] > 0 and result["sec_per_guided_forward"] > 0
+
+
+@pytest.mark.parametrize("model,passes,cfg", [("sdxl", 2, 5.0), ("sd3", 2, 7.0), ("flux", 1, 3.5)])
+def test_sd_benchmark_sizes_run_at_toy_size(model, passes, cfg, capsys):
+    """The same path for every --model, in this process (the subprocess above covers the command itself)."""
+    assert main(["bench", "sd", "--model", model, "--tiny", "--device", "cpu", "--steps", "2", "--iterations", "1",
+                 "--crops", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["model"], result["passes"], result["cfg_scale"], result["size"]) == (model, passes, cfg, [16, 16])
+    assert result["sec_per_iteration"] > 0 and result["sec_per_guided_forward"] > 0

@@ -93,3 +93,17 @@ def test_a_reference_that_is_no_model_fails_in_one_line(tmp_path, ref):
 def test_a_missing_model_is_an_error_before_loading(tmp_path):
     with pytest.raises(ModelLoadError, match="no such folder"):
         check_model(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("name,model,steps,cfg", [("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 50, 5.0),
+                                                 ("flux-dev", "black-forest-labs/FLUX.1-dev", 28, 3.5)])
+def test_example_job_specs_pass_the_schema(name, model, steps, cfg):
+    """jobs/sdxl.yaml and jobs/flux-dev.yaml: valid specs with each pipeline's steps and guidance at 1024 px."""
+    from pathlib import Path
+
+    from doodl_ray.jobs.spec import load_spec
+
+    spec = load_spec(Path(__file__).parent.parent / "jobs" / f"{name}.yaml")
+    sampler = spec.method.sampler
+    assert (spec.model, sampler.steps, sampler.cfg_scale, sampler.height, sampler.width) == (model, steps, cfg, 1024, 1024)
+    assert spec.dtype == "bfloat16" and spec.method.name == "doodl"

@@ -1,9 +1,11 @@
 """Peak memory and time per DOODL gradient: plain autograd vs checkpoint vs reversible, 10/25/50 steps.
 
-Each configuration runs in a fresh process, on a pixel UNet whose activations dominate its weights.
+Each configuration runs in a fresh process, on a pixel UNet whose activations dominate its weights, as two
+models: a noise predictor sampled by DDIM (`ddim`) and a velocity predictor sampled by Euler steps of the flow ODE
+at SD 3's shifted levels (`flow`, the coupled flow sampler of `sampling/flow.py`).
 CPU peak memory is the process's peak RSS above its RSS just before the gradient; on CUDA it is
 torch's peak allocated memory. Time per gradient is the fastest over `rounds` fresh processes per
-configuration (interleaved) of `repeats` gradients each: robust to a busy or noisy machine. Also prints the EDICT round-trip error at 50 steps in float64 and float32."""
+configuration (interleaved) of `repeats` gradients each: robust to a busy or noisy machine. Also prints each model's coupled round-trip error at 50 steps in float64 and float32."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import time
 import torch
 
 MODES = ["autograd", "checkpoint", "reversible"]
+MODELS = ["ddim", "flow"]
+FLOW_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,18 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=32, help="image side of the benchmark UNet")
     parser.add_argument("--repeats", type=int, default=3, help="timed gradients after the first (min is reported)")
     parser.add_argument("--rounds", type=int, default=2, help="fresh processes per configuration, interleaved")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=MODELS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--worker", nargs=2, metavar=("MODE", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "MODE", "STEPS"), help=argparse.SUPPRESS)
 
 
-def bench_model(size: int, device: str, dtype: torch.dtype):
+def bench_model(size: int, device: str, dtype: torch.dtype, kind: str = "ddim"):
     """A 3-channel pixel UNet (~0.3M parameters, random weights, fixed seed) whose activations, like a real
-    UNet's, are far larger than its latents and its weights: per-step stored latents stay negligible."""
+    UNet's, are far larger than its latents and its weights: per-step stored latents stay negligible. `kind`
+    "flow" reads its output as a velocity (the schedule, steps and inverse of a flow model)."""
     from diffusers import UNet2DModel
 
     from doodl_ray.models.load import DEFAULT_PIXEL_SCHEDULER
-    from doodl_ray.models.pixel import PixelDiffusion
+    from doodl_ray.models.pixel import PixelDiffusion, PixelFlowDiffusion
 
     torch.manual_seed(0)
     unet = UNet2DModel(
@@ -44,17 +50,18 @@ def bench_model(size: int, device: str, dtype: torch.dtype):
         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
     )
+    if kind == "flow":
+        return PixelFlowDiffusion(unet.to(device, dtype), FLOW_SCHEDULER)
     return PixelDiffusion(unet.to(device, dtype), DEFAULT_PIXEL_SCHEDULER)
 
 
-def worker(mode: str, steps: int, args: argparse.Namespace) -> dict:
+def worker(kind: str, mode: str, steps: int, args: argparse.Namespace) -> dict:
     """One configuration: the first gradient sets the memory peak, the next `repeats` are timed."""
     from doodl_ray.sampling.gradient import chain_gradient
-    from doodl_ray.sampling.schedule import ddim_schedule
 
-    model = bench_model(args.size, args.device, torch.float32)
-    eps = model.condition(None, None, 1.0)
-    schedule = ddim_schedule(model.scheduler_config, steps)
+    model = bench_model(args.size, args.device, torch.float32, kind)
+    eps = model.condition(None, None, None)
+    schedule = model.schedule(steps, (3, args.size, args.size))
     z = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(args.device)
     target = torch.rand(z.shape, generator=torch.Generator().manual_seed(1)).to(args.device)
 
@@ -75,15 +82,14 @@ def worker(mode: str, steps: int, args: argparse.Namespace) -> dict:
     return {"peak_mb": peak / 2**20, "sec_per_grad": min(times)}
 
 
-def roundtrip_errors(args: argparse.Namespace, steps: int = 50) -> dict[str, float]:
+def roundtrip_errors(args: argparse.Namespace, kind: str, steps: int = 50) -> dict[str, float]:
     """Relative error of invert(sample(z)) against z, in float64 and float32."""
     from doodl_ray.sampling.edict import edict_invert, edict_sample
-    from doodl_ray.sampling.schedule import ddim_schedule
 
     errors = {}
     for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
-        model = bench_model(args.size, args.device, dtype)
-        eps, schedule = model.condition(None, None, 1.0), ddim_schedule(model.scheduler_config, steps)
+        model = bench_model(args.size, args.device, dtype, kind)
+        eps, schedule = model.condition(None, None, None), model.schedule(steps, (3, args.size, args.size))
         z = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0), dtype=dtype)
         z = z.to(args.device)
         with torch.no_grad():
@@ -95,25 +101,28 @@ def roundtrip_errors(args: argparse.Namespace, steps: int = 50) -> dict[str, flo
 
 def run(args: argparse.Namespace) -> int:
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], int(args.worker[2]), args)))
         return 0
-    best: dict[tuple[str, int], dict] = {}
+    best: dict[tuple[str, str, int], dict] = {}
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     for round_ in range(args.rounds):
-        for steps in args.steps:
-            for mode in MODES:
-                cmd = [sys.executable, "-m", "doodl_ray.cli", "bench", "grad", "--worker", mode, str(steps),
-                       "--size", str(args.size), "--repeats", str(args.repeats), "--device", args.device]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-                measured = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"round {round_} steps {steps:3d} {mode:10s} peak {measured['peak_mb']:8.1f} MB  "
-                      f"{measured['sec_per_grad']:7.3f} s/grad", flush=True)
-                previous = best.get((mode, steps))
-                best[(mode, steps)] = {key: min(measured[key], previous[key]) if previous else measured[key]
-                                       for key in ("peak_mb", "sec_per_grad")}
-    results = {"steps": args.steps,
-               **{key: {m: [best[(m, s)][key] for s in args.steps] for m in MODES} for key in ("peak_mb", "sec_per_grad")}}
-    results["roundtrip_rel_err"] = roundtrip_errors(args)
+        for kind in args.models:
+            for steps in args.steps:
+                for mode in MODES:
+                    cmd = [sys.executable, "-m", "doodl_ray.cli", "bench", "grad", "--worker", kind, mode, str(steps),
+                           "--size", str(args.size), "--repeats", str(args.repeats), "--device", args.device]
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+                    measured = json.loads(out.stdout.strip().splitlines()[-1])
+                    print(f"round {round_} {kind:4s} steps {steps:3d} {mode:10s} peak {measured['peak_mb']:8.1f} MB  "
+                          f"{measured['sec_per_grad']:7.3f} s/grad", flush=True)
+                    previous = best.get((kind, mode, steps))
+                    best[(kind, mode, steps)] = {key: min(measured[key], previous[key]) if previous else measured[key]
+                                                 for key in ("peak_mb", "sec_per_grad")}
+    results = {"steps": args.steps, "models": {
+        kind: {**{key: {m: [best[(kind, m, s)][key] for s in args.steps] for m in MODES}
+                  for key in ("peak_mb", "sec_per_grad")},
+               "roundtrip_rel_err": roundtrip_errors(args, kind)}
+        for kind in args.models}}
     print(_table(results))
     if args.json:
         print(json.dumps(results))
@@ -121,17 +130,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(r: dict) -> str:
-    first, last = 0, len(r["steps"]) - 1
-    lines = ["", "| mode | " + " | ".join(f"peak MB @{s}" for s in r["steps"]) + f" | peak @{r['steps'][last]} / @{r['steps'][first]} | "
-             + " | ".join(f"time / autograd @{s}" for s in r["steps"]) + " |", "|---" * (2 * len(r["steps"]) + 2) + "|"]
-    for mode in MODES:
-        peaks, times = r["peak_mb"][mode], r["sec_per_grad"][mode]
-        ratio = peaks[last] / peaks[first] if peaks[first] > 0 else float("nan")
-        rel = [t / a for t, a in zip(times, r["sec_per_grad"]["autograd"])]
-        lines.append(f"| {mode} | " + " | ".join(f"{p:.1f}" for p in peaks) + f" | {ratio:.2f} | "
-                     + " | ".join(f"{x:.2f}" for x in rel) + " |")
-    lines.append(f"\nEDICT round trip, {50} steps, relative error: float64 {r['roundtrip_rel_err']['float64']:.2e}, "
-                 f"float32 {r['roundtrip_rel_err']['float32']:.2e}")
+    steps = r["steps"]
+    first, last = 0, len(steps) - 1
+    lines = ["", "| model | mode | " + " | ".join(f"peak MB @{s}" for s in steps) + f" | peak @{steps[last]} / @{steps[first]} | "
+             + " | ".join(f"time / autograd @{s}" for s in steps) + " |", "|---" * (2 * len(steps) + 3) + "|"]
+    for kind, m in r["models"].items():
+        for mode in MODES:
+            peaks, times = m["peak_mb"][mode], m["sec_per_grad"][mode]
+            ratio = peaks[last] / peaks[first] if peaks[first] > 0 else float("nan")
+            rel = [t / a for t, a in zip(times, m["sec_per_grad"]["autograd"])]
+            lines.append(f"| {kind} | {mode} | " + " | ".join(f"{p:.1f}" for p in peaks) + f" | {ratio:.2f} | "
+                         + " | ".join(f"{x:.2f}" for x in rel) + " |")
+    for kind, m in r["models"].items():
+        err = m["roundtrip_rel_err"]
+        lines.append(f"\n{kind}: coupled round trip, 50 steps, relative error: float64 {err['float64']:.2e}, "
+                     f"float32 {err['float32']:.2e}")
     return "\n".join(lines)
 
 
