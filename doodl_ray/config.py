@@ -113,6 +113,10 @@ class SearchConfig(StrictModel):
     candidates: int | None = Field(None, ge=1, description="Candidates per item; default: `fraction` of the budget.")
     fraction: float = Field(0.25, gt=0, le=1, description="Share of the budget spent on the search.")
     starts: int = Field(1, ge=1, description="DOODL runs from the best candidates, in rank order, each stopping early.")
+    prune: bool = Field(
+        True, description="Successive halving: candidates scored by their one-step estimate at 1/6, 1/3 and 2/3 of "
+        "the steps, each item keeping its better half (about 2.7x the candidates per budget); false: full samples.",
+    )
 
 
 class ParticleConfig(StrictModel):

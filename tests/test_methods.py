@@ -97,10 +97,11 @@ def test_target_probability_stop_is_the_cross_entropy_threshold(tiny_pixel, tiny
 
 
 def test_search_refine_refines_only_what_search_did_not_solve(tiny_pixel, tiny_classifier):
-    solved = _run(tiny_pixel, tiny_classifier,
-                  _method("search-refine", search=SearchConfig(candidates=3), stop=StopConfig(guide_loss=100.0)), ITEMS)
+    plain = SearchConfig(candidates=3, prune=False)
+    solved = _run(tiny_pixel, tiny_classifier, _method("search-refine", search=plain, stop=StopConfig(guide_loss=100.0)),
+                  ITEMS)
     assert all(r.compute["unet_vjp"] == 0 and r.compute["unet_forward"] == STEPS for r in solved)
-    refined = _run(tiny_pixel, tiny_classifier, _method("search-refine", search=SearchConfig(candidates=3)), ITEMS)
+    refined = _run(tiny_pixel, tiny_classifier, _method("search-refine", search=plain), ITEMS)
     searched = _run(tiny_pixel, tiny_classifier, _method("best-of-n", candidates=3), ITEMS)
     for r, s in zip(refined, searched):
         assert r.compute["unet_vjp"] > 0
@@ -154,3 +155,38 @@ def test_a_budget_too_small_for_one_image_is_an_error_before_any_work(tiny_pixel
 
     with pytest.raises(InvalidInput, match="doodl needs a budget of at least 6 UNet evaluations"):
         Engine(tiny_pixel, load_torchscript_classifier(tiny_classifier), _method("doodl", budget=5))
+
+
+def test_pruned_search_keeps_each_items_better_half_by_its_one_step_estimate(tiny_pixel, tiny_classifier):
+    """Successive halving, checked against doing it by hand: 6 candidates run 2 of 6 steps, the 3 whose decoded
+    x0 estimate the guide likes best go on, and so on; the survivors' full samples are ranked at the end."""
+    from doodl_ray.methods.base import candidate_seed
+    from doodl_ray.methods.pruned_search import checkpoints, pruned_cost, pruned_search, survivors
+    from doodl_ray.sampling.chain import chain_step
+
+    steps, count = 6, 6
+    assert checkpoints(steps) == [1, 2, 4, 6] and survivors(count, 4) == [6, 3, 2, 1]
+    method = MethodConfig(name="search-refine", sampler=SamplerConfig(steps=steps),
+                          search=SearchConfig(candidates=count))
+    engine = Engine(tiny_pixel, load_torchscript_classifier(tiny_classifier), method)
+    items = [engine.validate(item) for item in ITEMS]
+    problem = engine.problem(items)
+    best, _, ranked = pruned_search(problem, method, None)
+    assert [problem.compute.unet(i) for i in range(2)] == [pruned_cost(count, steps, 1)] * 2 == [6 + 3 + 4 + 2] * 2
+
+    schedule, eps = engine.schedule, engine.diffusion.condition(None, None, 1.0)
+    for i, item in enumerate(items):
+        alive = list(range(count))
+        z = problem.draw([candidate_seed(item.seed, j) for j in alive])
+        done = 0
+        for mark in (1, 2, 4):
+            for k in range(done, mark):
+                out = eps(z, schedule.timesteps[k])
+                x0 = schedule.x0(z, out, k)
+                z = chain_step(z, k, schedule, eps)
+            done = mark
+            losses = engine.guidance.loss(((engine.diffusion.decode(x0) + 1) / 2).clamp(0, 1), [item.target] * len(z), None)
+            order = sorted(range(len(alive)), key=lambda r: float(losses[r]))[: (len(alive) + 1) // 2]
+            alive, z = [alive[r] for r in sorted(order)], z[sorted(order)]
+        assert [j for _, j in ranked[i]] == alive  # one survivor left after three halvings
+        assert best.index[i] == alive[0]

@@ -1,5 +1,6 @@
-"""Quality at every compute budget on the shipped digits models: each method at a ladder of budgets in UNet
-evaluations, both settings, paired tests between the best method and the best baseline.
+"""Quality at every compute budget on the shipped digits models (the paper's fine-grained-classifier comparison
+in miniature): each method at a ladder of budgets in UNet evaluations, both settings, paired tests between the
+best method and the best baseline, and a one-step scale sweep at one guided sample.
 
 Every method starts from the same initial noise per (target, seed) and is guided by the same guide classifier
 through `Engine` with `method.budget` set, so compute is what the engine counted, not an estimate. Baselines as
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from doodl_ray.config import MethodConfig, ParticleConfig
+from doodl_ray.contact_sheet import contact_sheet
 from doodl_ray.digits import ASSETS_DIR
 from doodl_ray.digits.data import RARE_CLASSES, load_split, nearest_train_distance
 
@@ -32,20 +34,21 @@ BASELINES = ("one-step", "best-of-n", "particles")
 
 @dataclass(frozen=True)
 class Variant:
-    """A named method setting; `min_budget` in single-chain samples below which it cannot run."""
+    """A named method setting, run at the ladder's budgets from `min_budget` to `max_budget` (single-chain samples)."""
 
     label: str
     config: dict[str, Any]
     baseline: bool
-    min_budget: int = 1
+    min_budget: float = 1
+    max_budget: float = float("inf")
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
     """The methods compared, with the settings measured on held-out seeds (see BENCHMARKS.md)."""
     doodl = dict(optimizer="normalized", lr=args.lr)
-    stop = dict(target_probability=args.stop_probability, prior=args.stop_prior)
+    stop = dict(target_probability=args.stop_probability, prior=args.stop_prior or None)
     out = [
-        Variant("none", dict(name="none"), True, 1),
+        Variant("none", dict(name="none"), True, 1, 1),
         Variant("best-of-n", dict(name="best-of-n"), True, 1),
         Variant(f"one-step s={args.one_step_scale:g}", dict(name="one-step", guidance_scale=args.one_step_scale,
                                                           normalize_gradient=False), True, 2),
@@ -58,6 +61,10 @@ def variants(args: argparse.Namespace) -> list[Variant]:
                                       prior=dict(selection=args.prior_selection), stop=stop,
                                       search=dict(fraction=args.search_fraction, starts=args.search_starts)), False, 1),
     ]
+    for normalize, scales in ((False, args.raw_scales), (True, args.normalized_scales)):
+        for scale in scales:  # the sweep that chose the one-step scale: one guided sample each
+            out.append(Variant(f"one-step {'norm' if normalize else 'raw'} s={scale:g} (sweep)",
+                               dict(name="one-step", guidance_scale=scale, normalize_gradient=normalize), True, 2, 2))
     return [v for v in out if args.methods is None or v.label.split(" ")[0] in args.methods]
 
 
@@ -76,26 +83,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-weight", type=float, default=20.0)
     parser.add_argument("--prior-selection", type=float, default=10.0)
     parser.add_argument("--stop-probability", type=float, default=0.9)
-    parser.add_argument("--stop-prior", type=float, default=0.05)
+    parser.add_argument("--stop-prior", type=float, default=0.05, help="0: stop on the guide alone")
     parser.add_argument("--search-fraction", type=float, default=0.25)
     parser.add_argument("--search-starts", type=int, default=3)
     parser.add_argument("--one-step-scale", type=float, default=0.3, help="raw one-step scale (the sweep's best)")
+    parser.add_argument("--raw-scales", type=float, nargs="*", default=[0.1, 0.3, 1.0],
+                        help="one-step sweep, raw gradient, at one guided sample")
+    parser.add_argument("--normalized-scales", type=float, nargs="*", default=[0.03, 0.1, 0.3],
+                        help="one-step sweep, per-image normalized gradient, at one guided sample")
     parser.add_argument("--particle-temperature", type=float, default=ParticleConfig().temperature)
     parser.add_argument("--particle-interval", type=int, default=ParticleConfig().interval)
     parser.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
     parser.add_argument("--plot", type=Path, help="PNG: rate vs budget, a line per method, a panel per setting")
+    parser.add_argument("--sheet", type=Path, help="contact sheets SHEET-SETTING.png at --sheet-budget: a row per "
+                        "method, a column per target (its first seed)")
+    parser.add_argument("--sheet-budget", type=float, default=152, help="in single-chain samples")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
 def run(args: argparse.Namespace) -> int:
-    tasks = [(setting, v, budget) for setting in args.settings for v in variants(args) for budget in args.budgets
-             if budget >= v.min_budget and (v.label != "none" or budget == args.budgets[0])]
+    ladder = sorted(set(args.budgets) | {1, 2})
+    tasks = [(setting, v, budget) for setting in args.settings for v in variants(args) for budget in ladder
+             if v.min_budget <= budget <= v.max_budget and (budget in args.budgets or budget == v.max_budget)]
     started = time.perf_counter()
     with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
         outcomes = list(pool.map(_task, [(args, *t) for t in tasks]))
     report: dict[str, Any] = {"settings": {}, "steps": args.steps, "crops": args.crops,
                               "seconds": time.perf_counter() - started}
+    sheets: dict[str, list] = {}
     for (setting, v, budget), outcome in zip(tasks, outcomes):
+        images = outcome.pop("images")
+        if budget == args.sheet_budget or (v.max_budget < args.sheet_budget and budget == v.max_budget):
+            sheets.setdefault(setting, []).append((v.label, images))
         entry = report["settings"].setdefault(setting, {"methods": {}, **outcome.pop("setting")})
         entry["methods"].setdefault(v.label, {"baseline": v.baseline, "config": v.config, "points": []})
         entry["methods"][v.label]["points"].append({"budget": int(budget * args.steps), **outcome})
@@ -105,6 +124,12 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot(report, args.plot)
         print(f"plot: {args.plot}")
+    if args.sheet:
+        for setting, rows in sheets.items():
+            path = args.sheet.with_name(f"{args.sheet.stem}-{setting}{args.sheet.suffix or '.png'}")
+            entry = report["settings"][setting]
+            contact_sheet(rows, [str(t) for t in entry["targets"]]).save(path)
+            print(f"contact sheet: {path}")
     if args.json:
         print(json.dumps(report))
     return 0
@@ -138,19 +163,30 @@ def _task(task: tuple) -> dict[str, Any]:
     real_nn = nearest_train_distance(test_x, train_x)
     tau = float(torch.quantile(real_nn, 0.95))
     labels = torch.tensor(targets).repeat_interleave(len(seeds))
-    with torch.no_grad():
-        judge_correct = judge.probabilities(images).argmax(1) == labels
-        guide_correct = guide.probabilities(images).argmax(1) == labels
-    nn = nearest_train_distance(images, train_x)
-    real_correct = judge_correct & (nn <= tau)
+    outcome = metrics(images, labels, guide, judge, train_x, tau)
     evals = [r.compute["unet_evals"] for r in results]
-    return {
-        "real_correct": float(real_correct.float().mean()), "judge_acc": float(judge_correct.float().mean()),
-        "guide_acc": float(guide_correct.float().mean()), "nn_dist": float(nn.mean()),
+    first = [r.image for r in results[:: len(seeds)]]  # each target's first seed, for the contact sheet
+    return outcome | {
         "unet_evals_mean": float(np.mean(evals)), "unet_evals_max": int(max(evals)), "sec_per_image": seconds,
-        "per_item": real_correct.int().tolist(),
+        "images": first,
         "setting": {"targets": targets, "seeds": list(seeds), "tau": tau, "real_nn_dist": float(real_nn.mean()),
                     "items": len(items)},
+    }
+
+
+@torch.no_grad()
+def metrics(images: torch.Tensor, labels: torch.Tensor, guide, judge, train_x: torch.Tensor, tau: float) -> dict:
+    """Realistic-and-correct (judge correct and NN distance <= tau) per item and overall, judge and guide
+    accuracy, judge probability of the target, mean nearest-training-image distance."""
+    judge_probs = judge.probabilities(images)
+    judge_correct = judge_probs.argmax(1) == labels
+    nn = nearest_train_distance(images, train_x)
+    real_correct = judge_correct & (nn <= tau)
+    return {
+        "real_correct": float(real_correct.float().mean()), "judge_acc": float(judge_correct.float().mean()),
+        "judge_prob": float(judge_probs.gather(1, labels[:, None]).mean()),
+        "guide_acc": float((guide.probabilities(images).argmax(1) == labels).float().mean()),
+        "nn_dist": float(nn.mean()), "per_item": real_correct.int().tolist(),
     }
 
 

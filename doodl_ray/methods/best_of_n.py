@@ -62,18 +62,20 @@ def keep_best(best: Best | None, j: int, image: Tensor, noise: Tensor, score: Te
 
 
 @torch.no_grad()
-def search(problem: Problem, config: MethodConfig, count: int, budgets: dict[int, int] | None = None
+def search(problem: Problem, config: MethodConfig, count: int, budget: int | None = None
            ) -> tuple[Best, Tensor, list]:
     """Sample up to `count` candidates for each item: fewer once one meets the stopping rule or the next would
-    exceed the item's budget (an item always gets its first). Ranked by guide loss + prior.selection * prior.
-    Returns the best per item, which items met the rule, and every item's sorted (value, candidate) list."""
-    rank_prior = ranks_by_prior(config)
-    cost = problem.sample_cost() + (problem.prior_cost(len(config.prior.levels)) if rank_prior else 0)
+    exceed the budget (an item always gets its first). Ranked by guide loss + prior.selection * prior (when
+    the budget affords the prior). Returns the best per item, which items met the rule, and every item's
+    sorted (value, candidate) list."""
+    prior_cost = problem.prior_cost(len(config.prior.levels))
+    rank_prior = ranks_by_prior(config) and (budget is None or budget >= problem.sample_cost() + prior_cost)
+    cost = problem.sample_cost() + (prior_cost if rank_prior else 0)
     active, best, met = list(range(len(problem))), None, torch.zeros(len(problem), dtype=torch.bool)
     ranked: list[list[tuple[float, int]]] = [[] for _ in range(len(problem))]
     for j in range(count):
-        if budgets is not None and j > 0:
-            active = [i for i in active if problem.compute.unet(i) + cost <= budgets[i]]
+        if budget is not None and j > 0:
+            active = [i for i in active if problem.compute.unet(i) + cost <= budget]
         if not active:
             break
         batch = problem.view(active)
@@ -97,7 +99,6 @@ def search(problem: Problem, config: MethodConfig, count: int, budgets: dict[int
 
 def best_of_n(problem: Problem, config: MethodConfig) -> MethodResult:
     count = config.candidates or 8
-    budgets = None
     if config.budget is not None:
-        count, budgets = config.budget // problem.sample_cost() + 1, {i: config.budget for i in range(len(problem))}
-    return search(problem, config, count, budgets)[0].result()
+        count = config.budget // problem.sample_cost() + 1
+    return search(problem, config, count, config.budget)[0].result()
