@@ -82,7 +82,8 @@ class Engine:
         self.evaluation = self._guide(evaluation, storage_options)
         self.stop = stop_rule(method, getattr(self.guidance, "name", None))
         self.schedule = self.diffusion.schedule(sampler.steps, self.latent_shape)
-        check_budget(method, len(self.schedule) * self.diffusion.passes(sampler.cfg_scale))
+        passes = self.diffusion.passes(sampler.cfg_scale)
+        check_budget(method, len(self.schedule) * passes, len(method.prior.levels) * passes)
         config = method
         self.needs_prior = bool(config.doodl.prior_weight or config.prior.selection or config.stop.prior)
 

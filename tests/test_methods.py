@@ -190,3 +190,12 @@ def test_pruned_search_keeps_each_items_better_half_by_its_one_step_estimate(tin
             alive, z = [alive[r] for r in sorted(order)], z[sorted(order)]
         assert [j for _, j in ranked[i]] == alive  # one survivor left after three halvings
         assert best.index[i] == alive[0]
+
+
+def test_search_refine_refining_some_items_reports_every_items_unguided_sample(tiny_pixel, tiny_classifier):
+    free = _run(tiny_pixel, tiny_classifier, _method("best-of-n", candidates=1), ITEMS)
+    threshold = float(np.mean([r.final_loss for r in free]))  # one item is solved by its search, one is not
+    method = _method("search-refine", search=SearchConfig(candidates=2), stop=StopConfig(guide_loss=threshold))
+    results = _run(tiny_pixel, tiny_classifier, method, ITEMS)
+    assert sorted(r.compute["unet_vjp"] > 0 for r in results) == [False, True]
+    assert all(r.initial_image.shape == r.image.shape for r in results)

@@ -43,10 +43,11 @@ class Variant:
     max_budget: float = float("inf")
 
 
-def variants(args: argparse.Namespace) -> list[Variant]:
-    """The methods compared, with the settings measured on held-out seeds (see BENCHMARKS.md)."""
+def variants(args: argparse.Namespace, stop_prior: float | None) -> list[Variant]:
+    """The methods compared, with the settings measured on held-out seeds (see BENCHMARKS.md); `stop_prior` is
+    the setting's calibrated prior threshold."""
     doodl = dict(optimizer="normalized", lr=args.lr)
-    stop = dict(target_probability=args.stop_probability, prior=args.stop_prior or None)
+    stop = dict(target_probability=args.stop_probability, prior=stop_prior)
     out = [
         Variant("none", dict(name="none"), True, 1, 1),
         Variant("best-of-n", dict(name="best-of-n"), True, 1),
@@ -57,7 +58,7 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         Variant("doodl", dict(name="doodl", doodl=doodl), False, 8),
         Variant(f"doodl + prior {args.prior_weight:g}", dict(name="doodl", doodl=doodl | dict(prior_weight=args.prior_weight)),
                 False, 8),
-        Variant("search-refine", dict(name="search-refine", doodl=doodl | dict(prior_weight=args.prior_weight),
+        Variant("search-refine", dict(name="search-refine", doodl=doodl | dict(lr=args.refine_lr, prior_weight=args.prior_weight),
                                       prior=dict(selection=args.prior_selection), stop=stop,
                                       search=dict(fraction=args.search_fraction, starts=args.search_starts)), False, 1),
     ]
@@ -83,7 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-weight", type=float, default=20.0)
     parser.add_argument("--prior-selection", type=float, default=10.0)
     parser.add_argument("--stop-probability", type=float, default=0.9)
-    parser.add_argument("--stop-prior", type=float, default=0.05, help="0: stop on the guide alone")
+    parser.add_argument("--stop-prior-quantile", type=float, default=0.95,
+                        help="search-refine stops an item once its prior is below this quantile of the model's prior "
+                             "on real test images (0: on the guide alone)")
+    parser.add_argument("--refine-lr", type=float, default=0.02, help="search-refine's DOODL step")
     parser.add_argument("--search-fraction", type=float, default=0.25)
     parser.add_argument("--search-starts", type=int, default=3)
     parser.add_argument("--one-step-scale", type=float, default=0.3, help="raw one-step scale (the sweep's best)")
@@ -91,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one-step sweep, raw gradient, at one guided sample")
     parser.add_argument("--normalized-scales", type=float, nargs="*", default=[0.03, 0.1, 0.3],
                         help="one-step sweep, per-image normalized gradient, at one guided sample")
-    parser.add_argument("--particle-temperature", type=float, default=ParticleConfig().temperature)
+    parser.add_argument("--particle-temperature", type=float, default=3.0,
+                        help="FK steering lambda (3: the best of 3, 10, 30 on held-out seeds)")
     parser.add_argument("--particle-interval", type=int, default=ParticleConfig().interval)
     parser.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
     parser.add_argument("--plot", type=Path, help="PNG: rate vs budget, a line per method, a panel per setting")
@@ -103,7 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ladder = sorted(set(args.budgets) | {1, 2})
-    tasks = [(setting, v, budget) for setting in args.settings for v in variants(args) for budget in ladder
+    thresholds = {s: real_prior_quantile(args.assets / s, args.stop_prior_quantile) for s in args.settings}
+    tasks = [(setting, v, budget) for setting in args.settings for v in variants(args, thresholds[setting])
+             for budget in ladder
              if v.min_budget <= budget <= v.max_budget and (budget in args.budgets or budget == v.max_budget)]
     started = time.perf_counter()
     with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
@@ -118,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
         entry = report["settings"].setdefault(setting, {"methods": {}, **outcome.pop("setting")})
         entry["methods"].setdefault(v.label, {"baseline": v.baseline, "config": v.config, "points": []})
         entry["methods"][v.label]["points"].append({"budget": int(budget * args.steps), **outcome})
-    for entry in report["settings"].values():
+    for setting, entry in report["settings"].items():
         entry["tests"] = paired_tests(entry["methods"], [int(b * args.steps) for b in args.budgets])
+        entry["stop_prior"] = thresholds[setting]
     print(tables(report))
     if args.plot:
         plot(report, args.plot)
@@ -133,6 +141,23 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     return 0
+
+
+@torch.no_grad()
+def real_prior_quantile(model: Path, quantile: float) -> float | None:
+    """A quantile of the model's own diffusion prior over real test digits: how likely a real digit looks to it."""
+    if not quantile:
+        return None
+    from doodl_ray.config import PriorConfig
+    from doodl_ray.digits.data import to_model_range
+    from doodl_ray.methods.prior import DiffusionPrior
+    from doodl_ray.models import load_diffusion
+
+    _, _, test_x, _ = load_split()
+    diffusion = load_diffusion(str(model))
+    prior = DiffusionPrior(diffusion.condition(None, None, None), diffusion.training_pair, PriorConfig().levels,
+                           diffusion.latent_shape(None, None), torch.device("cpu"), torch.float32)
+    return float(torch.quantile(prior(to_model_range(test_x)), quantile))
 
 
 def _one_thread() -> None:

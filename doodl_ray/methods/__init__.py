@@ -30,9 +30,14 @@ GUIDED = tuple(name for name in METHODS if name != "none")
 MIN_BUDGET = {"one-step": 2, "doodl": 2}  # in single-chain samples: a guided sample, an EDICT sample; others 1
 
 
-def check_budget(config: MethodConfig, sample_cost: int) -> None:
-    """A budget below what the method needs to make one image is an error before any work."""
+def check_budget(config: MethodConfig, sample_cost: int, prior_cost: int) -> None:
+    """A budget below what the method needs to make one image is an error before any work (DOODL also ranks
+    its first iterate by the prior when told to)."""
+    from doodl_ray.methods.base import ranks_by_prior
+
     need = MIN_BUDGET.get(config.name, 1) * sample_cost
+    if config.name == "doodl" and ranks_by_prior(config):
+        need += prior_cost
     if config.budget is not None and config.budget < need:
         from doodl_ray.errors import InvalidInput
 

@@ -166,6 +166,11 @@ def check_finite(values: Tensor, what: str) -> None:
         raise NonFiniteLoss(f"non-finite {what} (rows {bad})")
 
 
+def rank_value(score: Tensor, prior: Tensor | None, config: MethodConfig) -> Tensor:
+    """What results are ranked by: guide loss + prior.selection * prior (the loss alone without a prior)."""
+    return score + config.prior.selection * prior if prior is not None and config.prior.selection else score
+
+
 def ranks_by_prior(config: MethodConfig) -> bool:
     """Whether results are ranked or stopped by the diffusion prior (so every result's prior is evaluated)."""
     return bool(config.prior.selection) or config.stop.prior is not None
@@ -182,8 +187,8 @@ def stop_rule(config: MethodConfig, guidance_kind: str | None) -> Callable[[Tens
 
     def rule(score: Tensor, prior: Tensor | None) -> Tensor:
         done = score <= max_loss
-        if stop.prior is not None:
-            done = done & (prior <= stop.prior)
+        if stop.prior is not None:  # a result whose prior the budget could not afford is not known to be done
+            done = done & (prior <= stop.prior) if prior is not None else torch.zeros_like(done)
         return done
 
     return rule

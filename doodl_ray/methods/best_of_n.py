@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from doodl_ray.config import MethodConfig
-from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, ranks_by_prior
+from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, rank_value, ranks_by_prior
 from doodl_ray.sampling.chain import chain_sample
 
 
@@ -84,7 +84,7 @@ def search(problem: Problem, config: MethodConfig, count: int, budget: int | Non
         image = images01(batch.decode(z0))
         score = batch.score(image)
         prior = batch.prior_cpu(z0) if rank_prior else None
-        value = score + config.prior.selection * prior if config.prior.selection else score
+        value = rank_value(score, prior, config)
         if best is None:
             best = empty_best(problem, image)
             best.first_image = image.clone()

@@ -16,7 +16,16 @@ import torch
 from torch import Tensor
 
 from doodl_ray.config import DoodlConfig, MethodConfig
-from doodl_ray.methods.base import Batch, MethodResult, Problem, check_finite, images01, ranks_by_prior, unit_rms
+from doodl_ray.methods.base import (
+    Batch,
+    MethodResult,
+    Problem,
+    check_finite,
+    images01,
+    rank_value,
+    ranks_by_prior,
+    unit_rms,
+)
 from doodl_ray.methods.best_of_n import Best, empty_best
 from doodl_ray.sampling.gradient import ChainLoss, chain_backward, chain_forward
 
@@ -87,7 +96,7 @@ def optimize(problem: Problem, config: MethodConfig, rows: list[int], noise: Ten
         "forward": 2 * problem.sample_cost() + (problem.prior_cost(levels) if rank_prior else 0),
         "backward": 4 * problem.sample_cost() + (4 * problem.prior_cost(levels) if d.prior_weight else 0),
     }
-    active, m = list(rows), -1
+    active, m, fresh = list(rows), -1, best is None
     for m in range(iterations + 1):
         if not active:
             break
@@ -100,10 +109,10 @@ def optimize(problem: Problem, config: MethodConfig, rows: list[int], noise: Ten
         score = batch.score(image)
         prior = batch.prior_cpu(forward.x0) if rank_prior else None
         check_finite(score, f"guidance loss at iteration {m}")
-        value = score + config.prior.selection * prior if config.prior.selection else score
+        value = rank_value(score, prior, config)
         if best is None:
             best = empty_best(problem, image)
-        if m == 0 and best.first_image is None:
+        if m == 0 and fresh:  # plain DOODL: iterate 0 is the unguided sample from each item's own noise
             best.first_image = image.clone()
         best.update(active, index_offset + m, image, z[at.to(z.device)], value, score)
         cost["forward"] = compute.unet(active[0]) - before

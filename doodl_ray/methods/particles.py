@@ -15,15 +15,16 @@ import math
 import torch
 
 from doodl_ray.config import MethodConfig
-from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01
+from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, rank_value
 
 
 @torch.no_grad()
 def particles(problem: Problem, config: MethodConfig) -> MethodResult:
     pc, schedule, n = config.particles, problem.schedule, len(problem)
     k = pc.count or 4
-    if config.budget is not None and pc.count is None:
-        k = max(1, config.budget // problem.sample_cost())
+    if config.budget is not None and pc.count is None:  # each particle: one chain, and its prior when ranked by it
+        k = max(1, config.budget // (problem.sample_cost() + (problem.prior_cost(len(config.prior.levels))
+                                                              if config.prior.selection else 0)))
     rows = [i for i in range(n) for _ in range(k)]  # item-major: item i owns slots i*k .. i*k + k - 1
     seeds = [candidate_seed(problem.seeds[i], j) for i in range(n) for j in range(k)]
     step_noise = [torch.Generator().manual_seed(s ^ 0x5DEECE66D) for s in seeds]  # per slot, not the latents' stream
@@ -47,7 +48,7 @@ def particles(problem: Problem, config: MethodConfig) -> MethodResult:
         z = _stochastic_step(x0, eps, step, schedule, pc.eta, [step_noise[j] for j in range(len(rows))])
     image = images01(batch.decode(z))
     score = batch.score(image)
-    value = score + config.prior.selection * batch.prior_cpu(z) if config.prior.selection else score
+    value = rank_value(score, batch.prior_cpu(z) if config.prior.selection else None, config)
     best = value.view(n, k).argmin(dim=1)
     chosen = torch.arange(n) * k + best
     for i in range(n):

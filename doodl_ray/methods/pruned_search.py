@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from doodl_ray.config import MethodConfig
-from doodl_ray.methods.base import Problem, candidate_seed, images01, ranks_by_prior
+from doodl_ray.methods.base import Problem, candidate_seed, images01, rank_value, ranks_by_prior
 from doodl_ray.methods.best_of_n import Best, empty_best
 
 FRACTIONS = (1 / 6, 1 / 3, 2 / 3)  # where survivors are scored, as fractions of the steps
@@ -89,7 +89,7 @@ def pruned_search(problem: Problem, config: MethodConfig, budget: int | None) ->
         image = images01(batch.decode(z[lo : lo + CHUNK]))
         score = batch.score(image)
         prior = batch.prior_cpu(z[lo : lo + CHUNK]) if rank_prior else None
-        value = score + config.prior.selection * prior if config.prior.selection else score
+        value = rank_value(score, prior, config)
         best = best or empty_best(problem, image)
         noise = problem.draw([candidate_seed(problem.seeds[i], j) for i, j in part])
         for r, (i, j) in enumerate(part):  # one row at a time: an item may have several survivors here
