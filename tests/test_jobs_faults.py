@@ -94,7 +94,7 @@ def test_failing_hanging_and_permanent_items(ray_session, s3_endpoint, tmp_path:
     options = {"fail": ["bad"], "nan": ["nan"], "hang": ["hang"]}
     spec = parse_spec(job(bucket, s3_endpoint.url, processor={"name": "tests.faulty_processor:FaultyProcessor",
                                                               "options": options},
-                          retries={"attempts": 2}, timeouts={"item_seconds": 1.0}, output={"format": fmt}))
+                          retries={"attempts": 2}, timeouts={"item_seconds": 4.0}, output={"format": fmt}))
     summary = run_job(spec, progress=False)
     assert (summary.ok, summary.failed) == (10, 3)
     rows = {r["id"]: r for r in check_output(fs, f"{bucket}/out", fmt, ids(10))}

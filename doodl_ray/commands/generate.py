@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from PIL import Image
 from pydantic import ValidationError
 
@@ -22,7 +21,7 @@ from doodl_ray.config import (
 )
 from doodl_ray.errors import InvalidInput
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("bfloat16", "float16", "float32", "float64")  # torch dtype names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="UNet dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--dtype", choices=DTYPES, help="UNet dtype (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--out", type=Path, default=Path("out.png"), help="image path; the history goes beside it")
     p.set_defaults(func=run)
 
@@ -118,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     from doodl_ray.guidance.spec import load_guidance_spec
 
     evaluation = load_guidance_spec(args.evaluation_spec) if args.evaluation_spec else None
-    engine = Engine(args.model, guidance, method, device=args.device, dtype=DTYPES.get(args.dtype),
+    import torch
+
+    engine = Engine(args.model, guidance, method, device=args.device, dtype=getattr(torch, args.dtype or "", None),
                     evaluation=evaluation)
     item = engine.validate(Item(id=args.out.stem, seed=args.seed, prompt=args.prompt, target=args.target,
                                 class_label=args.class_label))

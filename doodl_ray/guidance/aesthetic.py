@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from doodl_ray.errors import InvalidInput, ModelLoadError
-from doodl_ray.guidance.base import Checks, Guidance, load_weights
+from doodl_ray.guidance.base import Guidance, load_weights
+from doodl_ray.guidance.checks import Checks
 from doodl_ray.guidance.clip import ClipEncoder, check_clip_model, load_clip
 from doodl_ray.guidance.crops import MultiCrop
 from doodl_ray.guidance.spec import AestheticGuidanceConfig

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from doodl_ray.errors import InvalidInput, ModelLoadError
 from doodl_ray.fetch import local_copy
-from doodl_ray.guidance.base import Guidance, error_line
+from doodl_ray.guidance.base import Guidance
+from doodl_ray.guidance.checks import error_line
 from doodl_ray.guidance.crops import MultiCrop
 from doodl_ray.guidance.preprocess import ImageTransform, Preprocess
 

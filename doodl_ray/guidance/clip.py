@@ -27,7 +27,8 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from doodl_ray.errors import InvalidInput, ModelLoadError
 from doodl_ray.fetch import is_remote, local_copy
-from doodl_ray.guidance.base import Checks, Guidance
+from doodl_ray.guidance.base import Guidance
+from doodl_ray.guidance.checks import Checks
 from doodl_ray.guidance.crops import MultiCrop
 from doodl_ray.guidance.preprocess import Preprocess, from_open_clip
 from doodl_ray.guidance.spec import ClipModelConfig

@@ -11,9 +11,8 @@ shape, (C, H, W), for classifiers whose files do not say what input they take.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-import torch
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
@@ -21,9 +20,14 @@ from doodl_ray.config import StrictModel, validation_problems
 from doodl_ray.data import LABEL_SETS, label_set
 from doodl_ray.errors import InvalidInput
 from doodl_ray.fetch import is_remote
-from doodl_ray.guidance.base import Checks, Guidance
-from doodl_ray.guidance.crops import MultiCrop
+from doodl_ray.guidance.checks import Checks
 from doodl_ray.guidance.labels import read_labels
+
+if TYPE_CHECKING:  # specs are plain data: validating one (every CLI start) needs no torch
+    import torch
+
+    from doodl_ray.guidance.base import Guidance
+    from doodl_ray.guidance.crops import MultiCrop
 
 Weight = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 RGB = tuple[float, float, float]
@@ -38,6 +42,8 @@ class CropConfig(StrictModel):
     reduction: Literal["mean", "min"] = Field("mean", description="How per-crop losses become one (reference: min).")
 
     def build(self) -> MultiCrop:
+        from doodl_ray.guidance.crops import MultiCrop
+
         return MultiCrop(self.count, self.power, self.min_fraction, self.reduction)
 
 

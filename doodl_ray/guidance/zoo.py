@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from doodl_ray.errors import InvalidInput, ModelLoadError
 from doodl_ray.fetch import is_remote, local_copy
-from doodl_ray.guidance.base import Checks, load_weights, ref_exists
+from doodl_ray.guidance.base import load_weights
+from doodl_ray.guidance.checks import Checks, ref_exists
 from doodl_ray.guidance.classifier import ClassifierGuidance, load_torchscript_classifier, probe_classes
 from doodl_ray.guidance.labels import read_labels
 from doodl_ray.guidance.preprocess import ImageTransform, Preprocess, ProcessorTransform, from_timm, from_torchvision

@@ -44,7 +44,7 @@ def read_markers(storage: Storage) -> dict[int, dict[str, Any]]:
 def _better(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
     if old is None:
         return True
-    rank = {"ok": 1, "failed": 0}
+    rank = {"ok": 2, "failed": 1, "rejected": 0}
     return (rank[new["status"]], new["finished_at"] or 0) > (rank[old["status"]], old["finished_at"] or 0)
 
 
