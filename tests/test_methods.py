@@ -199,3 +199,38 @@ def test_search_refine_refining_some_items_reports_every_items_unguided_sample(t
     results = _run(tiny_pixel, tiny_classifier, method, ITEMS)
     assert sorted(r.compute["unet_vjp"] > 0 for r in results) == [False, True]
     assert all(r.initial_image.shape == r.image.shape for r in results)
+
+
+def test_particles_without_resampling_or_noise_are_best_of_n(tiny_pixel, tiny_classifier):
+    """FK steering's bookkeeping against the plainest search: with eta 0 and no resampling step its particles are
+    independent DDIM samples from the same candidate noises, so it must pick what best-of-N picks."""
+    particles = _run(tiny_pixel, tiny_classifier, _method("particles", particles=ParticleConfig(
+        count=4, eta=0.0, interval=1000)), ITEMS)
+    search = _run(tiny_pixel, tiny_classifier, _method("best-of-n", candidates=4), ITEMS)
+    for p, s in zip(particles, search):
+        assert p.best_iteration == s.best_iteration
+        assert np.abs(p.image.astype(int) - s.image.astype(int)).max() <= 1
+        assert p.compute["unet_forward"] == s.compute["unet_forward"] == 4 * STEPS
+
+
+def test_particle_resampling_keeps_the_particle_with_the_best_one_step_estimate(tiny_pixel, tiny_classifier):
+    """With a huge temperature and eta 0 the first resampling (after step 0) copies each item's particle whose
+    one-step estimate the guide likes best into every slot; the copies stay identical, so the result is that
+    particle's plain DDIM sample. Checked against picking it by hand."""
+    from doodl_ray.methods.base import candidate_seed
+    from doodl_ray.sampling.chain import chain_sample
+
+    count = 6
+    method = _method("particles", particles=ParticleConfig(count=count, temperature=1e4, interval=1, eta=0.0))
+    results = _run(tiny_pixel, tiny_classifier, method, ITEMS)
+    engine = Engine(tiny_pixel, load_torchscript_classifier(tiny_classifier), _method("none"))
+    eps, schedule = engine.diffusion.condition(None, None, 1.0), engine.schedule
+    for item, result in zip(ITEMS, results):
+        noise = engine.problem([item]).draw([candidate_seed(item.seed, j) for j in range(count)])
+        with torch.no_grad():
+            x0 = schedule.x0(noise, eps(noise, schedule.timesteps[0]), 0)
+            losses = engine.guidance.loss(((engine.diffusion.decode(x0) + 1) / 2).clamp(0, 1), [item.target] * count, None)
+            chosen = int(losses.argmin())
+            expected = chain_sample(noise[chosen : chosen + 1], schedule, eps)
+        expected = ((expected + 1) / 2).clamp(0, 1).mul(255).round().permute(0, 2, 3, 1).numpy().astype(int)[0]
+        assert np.abs(result.image.astype(int) - expected).max() <= 1
