@@ -133,6 +133,7 @@ class ParticleConfig(StrictModel):
 
 
 MethodName = Literal["none", "one-step", "best-of-n", "doodl", "search-refine", "particles"]
+MIN_BUDGET_SAMPLES = {"one-step": 2, "doodl": 2}  # a guided sample, an EDICT sample; the others need one sample
 
 
 class MethodConfig(StrictModel):
@@ -157,3 +158,12 @@ class MethodConfig(StrictModel):
     stop: StopConfig = StopConfig()
     search: SearchConfig = SearchConfig()
     particles: ParticleConfig = ParticleConfig()
+
+    @model_validator(mode="after")
+    def _budget_makes_an_image(self) -> "MethodConfig":
+        """A budget below one image's compute, checked with the spec (the engine also counts CFG's second pass)."""
+        need = MIN_BUDGET_SAMPLES.get(self.name, 1) * self.sampler.steps
+        if self.budget is not None and self.budget < need:
+            raise ValueError(f"method {self.name} needs a budget of at least {need} UNet evaluations at "
+                             f"{self.sampler.steps} steps (got {self.budget})")
+        return self

@@ -150,11 +150,15 @@ def test_one_step_matches_a_straightforward_diffusers_loop(tiny_classifier):
         assert np.abs(r.image.astype(int) - expected).max() <= 1
 
 
-def test_a_budget_too_small_for_one_image_is_an_error_before_any_work(tiny_pixel, tiny_classifier):
+def test_a_budget_too_small_for_one_image_is_an_error_before_any_work(tiny_sd, tiny_classifier):
+    from pydantic import ValidationError
+
     from doodl_ray.errors import InvalidInput
 
-    with pytest.raises(InvalidInput, match="doodl needs a budget of at least 6 UNet evaluations"):
-        Engine(tiny_pixel, load_torchscript_classifier(tiny_classifier), _method("doodl", budget=5))
+    with pytest.raises(ValidationError, match="doodl needs a budget of at least 6 UNet evaluations"):
+        _method("doodl", budget=5)  # in the spec already: two EDICT chains of 3 steps
+    with pytest.raises(InvalidInput, match="doodl needs a budget of at least 12 UNet evaluations"):
+        Engine(tiny_sd, load_torchscript_classifier(tiny_classifier), _method("doodl", budget=8))  # CFG: 2 passes
 
 
 def test_pruned_search_keeps_each_items_better_half_by_its_one_step_estimate(tiny_pixel, tiny_classifier):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from doodl_ray.config import MethodConfig
+from doodl_ray.config import MIN_BUDGET_SAMPLES, MethodConfig
 from doodl_ray.methods.base import MethodResult, Problem
 from doodl_ray.methods.best_of_n import best_of_n
 from doodl_ray.methods.doodl import doodl
@@ -27,7 +27,6 @@ METHODS: dict[str, Method] = {
     "particles": particles,
 }
 GUIDED = tuple(name for name in METHODS if name != "none")
-MIN_BUDGET = {"one-step": 2, "doodl": 2}  # in single-chain samples: a guided sample, an EDICT sample; others 1
 
 
 def check_budget(config: MethodConfig, sample_cost: int, prior_cost: int) -> None:
@@ -35,7 +34,7 @@ def check_budget(config: MethodConfig, sample_cost: int, prior_cost: int) -> Non
     its first iterate by the prior when told to)."""
     from doodl_ray.methods.base import ranks_by_prior
 
-    need = MIN_BUDGET.get(config.name, 1) * sample_cost
+    need = MIN_BUDGET_SAMPLES.get(config.name, 1) * sample_cost
     if config.name == "doodl" and ranks_by_prior(config):
         need += prior_cost
     if config.budget is not None and config.budget < need:
