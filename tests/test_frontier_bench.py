@@ -11,13 +11,11 @@ def test_frontier_reports_every_method_at_every_budget(tmp_path):
     assets = tmp_path / "assets"
     subprocess.run([sys.executable, "-m", "doodl_ray.digits.train", "--out", str(assets), "--toy"], check=True,
                    capture_output=True, timeout=300)
-    proc = subprocess.run(
-        [sys.executable, "-m", "doodl_ray.cli", "bench", "frontier", "--assets", str(assets), "--settings", "rare",
-         "--rare-seeds", "2", "--steps", "2", "--budgets", "1", "8", "--raw-scales", "1", "--normalized-scales",
-         "--crops", "2", "--search-starts", "1", "--plot", str(tmp_path / "plot.png"), "--sheet",
-         str(tmp_path / "sheet.png"), "--sheet-budget", "8", "--json"],
-        capture_output=True, text=True, timeout=600, check=True,
-    )
+    toy = [sys.executable, "-m", "doodl_ray.cli", "bench", "frontier", "--assets", str(assets), "--settings", "rare",
+           "--rare-seeds", "2", "--steps", "2", "--budgets", "1", "8", "--raw-scales", "1", "--normalized-scales",
+           "--crops", "2", "--search-starts", "1", "--cache", str(tmp_path / "cache"), "--json"]
+    proc = subprocess.run(toy + ["--plot", str(tmp_path / "plot.png"), "--sheet", str(tmp_path / "sheet.png"),
+                                 "--sheet-budget", "8"], capture_output=True, text=True, timeout=600, check=True)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     rare = report["settings"]["rare"]
     assert rare["targets"] == [3, 5, 8] and rare["items"] == 6
@@ -38,3 +36,11 @@ def test_frontier_reports_every_method_at_every_budget(tmp_path):
     assert Image.open(tmp_path / "plot.png").size[0] > 300
     width, height = Image.open(tmp_path / "sheet-rare.png").size
     assert height > 7 * 16 and width > 3 * 16  # a row per method, a column per target
+
+
+    # a rerun takes every result from the cache; --cap cuts a method's ladder short
+    again = subprocess.run(toy + ["--methods", "best-of-n", "--cap", "best-of-n=1"], capture_output=True, text=True,
+                           timeout=600, check=True)
+    assert "1 of 1 results from" in again.stderr
+    (point,) = json.loads(again.stdout.strip().splitlines()[-1])["settings"]["rare"]["methods"]["best-of-n"]["points"]
+    assert point == methods["best-of-n"]["points"][0]

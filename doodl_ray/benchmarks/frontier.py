@@ -13,10 +13,12 @@ percentile of that distance over real test images. Paired exact McNemar tests us
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,19 @@ def variants(args: argparse.Namespace, stop_prior: float | None) -> list[Variant
         for scale in scales:  # the sweep that chose the one-step scale: one guided sample each
             out.append(Variant(f"one-step {'norm' if normalize else 'raw'} s={scale:g} (sweep)",
                                dict(name="one-step", guidance_scale=scale, normalize_gradient=normalize), True, 2, 2))
+    caps = dict(_cap(c) for c in args.cap)
+    out = [v if v.label.split(" ")[0] not in caps else
+           Variant(v.label, v.config, v.baseline, v.min_budget, min(v.max_budget, caps[v.label.split(" ")[0]]))
+           for v in out]
     return [v for v in out if args.methods is None or v.label.split(" ")[0] in args.methods]
+
+
+def _cap(text: str) -> tuple[str, float]:
+    name, _, budget = text.partition("=")
+    try:
+        return name, float(budget)
+    except ValueError:
+        raise SystemExit(f"--cap {text!r}: expected METHOD=SAMPLES, e.g. doodl=152") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[1, 3, 10, 50.67, 152, 456],
                         help="budgets in single-chain samples (x steps = UNet evaluations): 152 = DOODL-25, 50.67 = a third of it")
     parser.add_argument("--methods", nargs="+", help="only these (none best-of-n one-step particles doodl search-refine)")
+    parser.add_argument("--cap", nargs="+", default=[], metavar="METHOD=SAMPLES",
+                        help="stop a method's ladder at this budget, e.g. doodl=152")
+    parser.add_argument("--cache", type=Path, help="folder keeping each finished (setting, method, budget) result: "
+                        "a rerun with the same settings skips it, so a killed run resumes")
     parser.add_argument("--crops", type=int, default=8, help="multi-crop augmentation for the guide")
     parser.add_argument("--lr", type=float, default=0.05, help="DOODL's normalized step")
     parser.add_argument("--prior-weight", type=float, default=20.0)
@@ -113,13 +131,12 @@ def run(args: argparse.Namespace) -> int:
              for budget in ladder
              if v.min_budget <= budget <= v.max_budget and (budget in args.budgets or budget == v.max_budget)]
     started = time.perf_counter()
-    with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
-        outcomes = list(pool.map(_task, [(args, *t) for t in tasks]))
+    outcomes = _run_tasks(args, tasks)
     report: dict[str, Any] = {"settings": {}, "steps": args.steps, "crops": args.crops,
                               "seconds": time.perf_counter() - started}
     sheets: dict[str, list] = {}
     for (setting, v, budget), outcome in zip(tasks, outcomes):
-        images = outcome.pop("images")
+        images = [np.asarray(image, dtype=np.uint8) for image in outcome.pop("images")]
         if budget == args.sheet_budget or (v.max_budget < args.sheet_budget and budget == v.max_budget):
             sheets.setdefault(setting, []).append((v.label, images))
         entry = report["settings"].setdefault(setting, {"methods": {}, **outcome.pop("setting")})
@@ -141,6 +158,38 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     return 0
+
+
+def _run_tasks(args: argparse.Namespace, tasks: list[tuple]) -> list[dict[str, Any]]:
+    """Every task's outcome, cheapest budgets first (plain DOODL last within one) so that a run cut short has
+    whole lower rungs, each one saved to `--cache` as it finishes."""
+    paths = [args.cache / f"{_task_key(args, *t)}.json" if args.cache else None for t in tasks]
+    outcomes: list[dict[str, Any] | None] = [json.loads(p.read_text()) if p and p.exists() else None for p in paths]
+    todo = sorted((i for i, o in enumerate(outcomes) if o is None), key=lambda i: (tasks[i][2], tasks[i][1].label.startswith("doodl")))
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        print(f"frontier: {len(tasks) - len(todo)} of {len(tasks)} results from {args.cache}", file=sys.stderr)
+    with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
+        futures = {pool.submit(_task, (args, *tasks[i])): i for i in todo}
+        for done, future in enumerate(as_completed(futures), 1):
+            i = futures[future]
+            outcomes[i] = future.result()
+            if paths[i]:
+                tmp = paths[i].with_suffix(".tmp")
+                tmp.write_text(json.dumps(outcomes[i]))
+                tmp.replace(paths[i])
+            setting, variant, budget = tasks[i]
+            print(f"frontier: {done}/{len(todo)} {setting} {variant.label} at {budget:g} samples: "
+                  f"{outcomes[i]['real_correct']:.2f} ({outcomes[i]['sec_per_image']:.2f} s/image)", file=sys.stderr)
+    return outcomes
+
+
+def _task_key(args: argparse.Namespace, setting: str, variant: Variant, budget: float) -> str:
+    """What a task's result depends on: its items, method settings, budget and guide."""
+    n = args.rare_seeds if setting == "rare" else args.seeds
+    text = json.dumps([str(args.assets.resolve()), setting, variant.config, budget, args.steps, args.crops,
+                       args.first_seed, n], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 @torch.no_grad()
@@ -190,7 +239,7 @@ def _task(task: tuple) -> dict[str, Any]:
     labels = torch.tensor(targets).repeat_interleave(len(seeds))
     outcome = metrics(images, labels, guide, judge, train_x, tau)
     evals = [r.compute["unet_evals"] for r in results]
-    first = [r.image for r in results[:: len(seeds)]]  # each target's first seed, for the contact sheet
+    first = [r.image.tolist() for r in results[:: len(seeds)]]  # each target's first seed, for the contact sheet
     return outcome | {
         "unet_evals_mean": float(np.mean(evals)), "unet_evals_max": int(max(evals)), "sec_per_image": seconds,
         "images": first,
