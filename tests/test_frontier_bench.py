@@ -20,11 +20,11 @@ def test_frontier_reports_every_method_at_every_budget(tmp_path):
     rare = report["settings"]["rare"]
     assert rare["targets"] == [3, 5, 8] and rare["items"] == 6
     methods = rare["methods"]
-    assert set(methods) == {"none", "best-of-n", "one-step s=0.3", "particles", "doodl", "doodl + prior 20",
+    assert set(methods) == {"none", "best-of-n", "one-step norm s=0.3", "particles", "doodl", "doodl + prior 20",
                             "search-refine", "one-step raw s=1 (sweep)"}
     budgets = {label: [p["budget"] for p in m["points"]] for label, m in methods.items()}
     assert budgets["none"] == [2] and budgets["doodl"] == [16] and budgets["best-of-n"] == [2, 16]
-    assert budgets["one-step raw s=1 (sweep)"] == [4] and budgets["one-step s=0.3"] == [16]
+    assert budgets["one-step raw s=1 (sweep)"] == [4] and budgets["one-step norm s=0.3"] == [16]
     for m in methods.values():
         for p in m["points"]:
             assert 0 <= p["real_correct"] <= p["judge_acc"] <= 1 and len(p["per_item"]) == 6

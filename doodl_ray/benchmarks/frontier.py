@@ -53,8 +53,9 @@ def variants(args: argparse.Namespace, stop_prior: float | None) -> list[Variant
     out = [
         Variant("none", dict(name="none"), True, 1, 1),
         Variant("best-of-n", dict(name="best-of-n"), True, 1),
-        Variant(f"one-step s={args.one_step_scale:g}", dict(name="one-step", guidance_scale=args.one_step_scale,
-                                                          normalize_gradient=False), True, 2),
+        Variant(f"one-step {args.one_step_gradient[:4]} s={args.one_step_scale:g}",
+                dict(name="one-step", guidance_scale=args.one_step_scale,
+                     normalize_gradient=args.one_step_gradient == "normalized"), True, 2),
         Variant("particles", dict(name="particles", particles=dict(temperature=args.particle_temperature,
                                                                    interval=args.particle_interval)), True, 1),
         Variant("doodl", dict(name="doodl", doodl=doodl), False, 8),
@@ -108,10 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-lr", type=float, default=0.02, help="search-refine's DOODL step")
     parser.add_argument("--search-fraction", type=float, default=0.25)
     parser.add_argument("--search-starts", type=int, default=3)
-    parser.add_argument("--one-step-scale", type=float, default=0.3, help="raw one-step scale (the sweep's best)")
-    parser.add_argument("--raw-scales", type=float, nargs="*", default=[0.1, 0.3, 1.0],
+    parser.add_argument("--one-step-scale", type=float, default=0.3,
+                        help="one-step scale (0.3 normalized: the best of the sweep on held-out seeds 50-)")
+    parser.add_argument("--one-step-gradient", choices=["raw", "normalized"], default="normalized")
+    parser.add_argument("--raw-scales", type=float, nargs="*", default=[0.1, 0.3, 1.0, 3.0],
                         help="one-step sweep, raw gradient, at one guided sample")
-    parser.add_argument("--normalized-scales", type=float, nargs="*", default=[0.03, 0.1, 0.3],
+    parser.add_argument("--normalized-scales", type=float, nargs="*", default=[0.03, 0.1, 0.3, 1.0],
                         help="one-step sweep, per-image normalized gradient, at one guided sample")
     parser.add_argument("--particle-temperature", type=float, default=3.0,
                         help="FK steering lambda (3: the best of 3, 10, 30 on held-out seeds)")
