@@ -33,6 +33,7 @@ def test_frontier_reports_every_method_at_every_budget(tmp_path):
     assert not methods[test["best"]]["baseline"] and methods[test["baseline"]]["baseline"]
     assert 0 <= test["p_value"] <= 1 and test["only_best"] + test["only_baseline"] <= 6
     assert "| method | 2 | 4 | 16 |" in proc.stdout and "McNemar p" in proc.stdout
+    assert "| particles | 16 | " in proc.stdout  # every point with its judge, guide and NN columns
     assert Image.open(tmp_path / "plot.png").size[0] > 300
     width, height = Image.open(tmp_path / "sheet-rare.png").size
     assert height > 7 * 16 and width > 3 * 16  # a row per method, a column per target

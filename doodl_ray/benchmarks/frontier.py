@@ -116,8 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one-step sweep, raw gradient, at one guided sample")
     parser.add_argument("--normalized-scales", type=float, nargs="*", default=[0.03, 0.1, 0.3, 1.0],
                         help="one-step sweep, per-image normalized gradient, at one guided sample")
-    parser.add_argument("--particle-temperature", type=float, default=3.0,
-                        help="FK steering lambda (3: the best of 3, 10, 30 on held-out seeds)")
+    parser.add_argument("--particle-temperature", type=float, default=ParticleConfig().temperature,
+                        help="FK steering lambda")
     parser.add_argument("--particle-interval", type=int, default=ParticleConfig().interval)
     parser.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
     parser.add_argument("--plot", type=Path, help="PNG: rate vs budget, a line per method, a panel per setting")
@@ -190,6 +190,7 @@ def _run_tasks(args: argparse.Namespace, tasks: list[tuple]) -> list[dict[str, A
 def _task_key(args: argparse.Namespace, setting: str, variant: Variant, budget: float) -> str:
     """What a task's result depends on: its items, method settings, budget and guide."""
     n = args.rare_seeds if setting == "rare" else args.seeds
+    budget = int(budget) if float(budget).is_integer() else float(budget)  # --budgets 10 and the default 10 agree
     text = json.dumps([str(args.assets.resolve()), setting, variant.config, budget, args.steps, args.crops,
                        args.first_seed, n], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -305,6 +306,15 @@ def tables(report: dict[str, Any]) -> str:
             cells = {p["budget"]: f"{p['real_correct']:.2f} ({p['unet_evals_mean']:.0f})" for p in m["points"]}
             kind = "" if not m["baseline"] else " (baseline)"
             lines.append(f"| {label}{kind} | " + " | ".join(cells.get(b, "") for b in budgets) + " |")
+        lines += ["", f"{setting}, every point: UNet evaluations used (mean / max), realistic and correct, judge accuracy and "
+                  "mean p(target), guide accuracy, mean nearest-training-image distance, seconds per image", "",
+                  "| method | budget | evals mean / max | real & correct | judge acc | judge p | guide acc | NN dist | s / image |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for label, m in entry["methods"].items():
+            for p in sorted(m["points"], key=lambda p: p["budget"]):
+                lines.append(f"| {label} | {p['budget']} | {p['unet_evals_mean']:.0f} / {p['unet_evals_max']} | "
+                             f"{p['real_correct']:.2f} | {p['judge_acc']:.2f} | {p['judge_prob']:.2f} | "
+                             f"{p['guide_acc']:.2f} | {p['nn_dist']:.3f} | {p['sec_per_image']:.2f} |")
         lines += ["", "| budget | best method | rate | best baseline | rate | only best | only baseline | McNemar p |",
                   "|---|---|---|---|---|---|---|---|"]
         for t in entry["tests"]:
