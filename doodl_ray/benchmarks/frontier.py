@@ -164,11 +164,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_tasks(args: argparse.Namespace, tasks: list[tuple]) -> list[dict[str, Any]]:
-    """Every task's outcome, cheapest budgets first (plain DOODL last within one) so that a run cut short has
-    whole lower rungs, each one saved to `--cache` as it finishes."""
+    """Every task's outcome, cheapest first (by budget, then the setting's items; DOODL last within them) so
+    that a run cut short has whole lower rungs, each one saved to `--cache` as it finishes."""
     paths = [args.cache / f"{_task_key(args, *t)}.json" if args.cache else None for t in tasks]
     outcomes: list[dict[str, Any] | None] = [json.loads(p.read_text()) if p and p.exists() else None for p in paths]
-    todo = sorted((i for i, o in enumerate(outcomes) if o is None), key=lambda i: (tasks[i][2], tasks[i][1].label.startswith("doodl")))
+    items = {s: (len(RARE_CLASSES) * args.rare_seeds if s == "rare" else 10 * args.seeds) for s in args.settings}
+    todo = sorted((i for i, o in enumerate(outcomes) if o is None),
+                  key=lambda i: (tasks[i][2], items[tasks[i][0]], tasks[i][1].label.startswith("doodl")))
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
         print(f"frontier: {len(tasks) - len(todo)} of {len(tasks)} results from {args.cache}", file=sys.stderr)
