@@ -40,7 +40,7 @@ def test_frontier_reports_every_method_at_every_budget(tmp_path):
 
 
     # a rerun takes every result from the cache; --cap cuts a method's ladder short
-    again = subprocess.run(toy + ["--methods", "best-of-n", "--cap", "best-of-n=1"], capture_output=True, text=True,
+    again = subprocess.run(toy + ["--methods", "best-of-n", "--cap", "rare:best-of-n=1"], capture_output=True, text=True,
                            timeout=600, check=True)
     assert "1 of 1 results from" in again.stderr
     (point,) = json.loads(again.stdout.strip().splitlines()[-1])["settings"]["rare"]["methods"]["best-of-n"]["points"]

@@ -45,9 +45,9 @@ class Variant:
     max_budget: float = float("inf")
 
 
-def variants(args: argparse.Namespace, stop_prior: float | None) -> list[Variant]:
-    """The methods compared, with the settings measured on held-out seeds (see BENCHMARKS.md); `stop_prior` is
-    the setting's calibrated prior threshold."""
+def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -> list[Variant]:
+    """The methods compared in `setting`, with the settings measured on held-out seeds (see BENCHMARKS.md);
+    `stop_prior` is the setting's calibrated prior threshold."""
     doodl = dict(optimizer="normalized", lr=args.lr)
     stop = dict(target_probability=args.stop_probability, prior=stop_prior)
     out = [
@@ -70,8 +70,9 @@ def variants(args: argparse.Namespace, stop_prior: float | None) -> list[Variant
             out.append(Variant(f"one-step {'norm' if normalize else 'raw'} s={scale:g} (sweep)",
                                dict(name="one-step", guidance_scale=scale, normalize_gradient=normalize), True, 2, 2))
     caps = dict(_cap(c) for c in args.cap)
-    out = [v if v.label.split(" ")[0] not in caps else
-           Variant(v.label, v.config, v.baseline, v.min_budget, min(v.max_budget, caps[v.label.split(" ")[0]]))
+    out = [Variant(v.label, v.config, v.baseline, v.min_budget,
+                   min(v.max_budget, caps.get(v.label.split(" ")[0], v.max_budget),
+                       caps.get(f"{setting}:{v.label.split(' ')[0]}", v.max_budget)))
            for v in out]
     return [v for v in out if args.methods is None or v.label.split(" ")[0] in args.methods]
 
@@ -81,7 +82,7 @@ def _cap(text: str) -> tuple[str, float]:
     try:
         return name, float(budget)
     except ValueError:
-        raise SystemExit(f"--cap {text!r}: expected METHOD=SAMPLES, e.g. doodl=152") from None
+        raise SystemExit(f"--cap {text!r}: expected [SETTING:]METHOD=SAMPLES, e.g. doodl=152") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,8 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[1, 3, 10, 50.67, 152, 456],
                         help="budgets in single-chain samples (x steps = UNet evaluations): 152 = DOODL-25, 50.67 = a third of it")
     parser.add_argument("--methods", nargs="+", help="only these (none best-of-n one-step particles doodl search-refine)")
-    parser.add_argument("--cap", nargs="+", default=[], metavar="METHOD=SAMPLES",
-                        help="stop a method's ladder at this budget, e.g. doodl=152")
+    parser.add_argument("--cap", nargs="+", default=[], metavar="[SETTING:]METHOD=SAMPLES",
+                        help="stop a method's ladder at this budget, e.g. doodl=152 or rare:particles=152")
     parser.add_argument("--cache", type=Path, help="folder keeping each finished (setting, method, budget) result: "
                         "a rerun with the same settings skips it, so a killed run resumes")
     parser.add_argument("--crops", type=int, default=8, help="multi-crop augmentation for the guide")
@@ -130,7 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     ladder = sorted(set(args.budgets) | {1, 2})
     thresholds = {s: real_prior_quantile(args.assets / s, args.stop_prior_quantile) for s in args.settings}
-    tasks = [(setting, v, budget) for setting in args.settings for v in variants(args, thresholds[setting])
+    tasks = [(setting, v, budget) for setting in args.settings for v in variants(args, setting, thresholds[setting])
              for budget in ladder
              if v.min_budget <= budget <= v.max_budget and (budget in args.budgets or budget == v.max_budget)]
     started = time.perf_counter()
