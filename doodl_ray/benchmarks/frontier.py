@@ -335,10 +335,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
     settings = list(report["settings"])
     fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
     for ax, setting in zip(axes[0], settings):
+        sweep: list[dict] = []
         for label, m in report["settings"][setting]["methods"].items():
             points = sorted(m["points"], key=lambda p: p["budget"])
+            if "(sweep)" in label:  # one grey point per scale, not a line per scale
+                sweep += points
+                continue
             style = "--" if m["baseline"] else "-"
             ax.plot([p["budget"] for p in points], [p["real_correct"] for p in points], style, marker="o", label=label)
+        if sweep:
+            ax.scatter([p["budget"] for p in sweep], [p["real_correct"] for p in sweep], s=14, color="grey",
+                       zorder=3, label="one-step scale sweep (one guided sample)")
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("budget: UNet evaluations per image")
