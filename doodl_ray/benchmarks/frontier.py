@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class Variant:
     baseline: bool
     min_budget: float = 1
     max_budget: float = float("inf")
+
+    @property
+    def method(self) -> str:
+        return self.config["name"]
 
 
 def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -> list[Variant]:
@@ -70,11 +74,9 @@ def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -
             out.append(Variant(f"one-step {'norm' if normalize else 'raw'} s={scale:g} (sweep)",
                                dict(name="one-step", guidance_scale=scale, normalize_gradient=normalize), True, 2, 2))
     caps = dict(_cap(c) for c in args.cap)
-    out = [Variant(v.label, v.config, v.baseline, v.min_budget,
-                   min(v.max_budget, caps.get(v.label.split(" ")[0], v.max_budget),
-                       caps.get(f"{setting}:{v.label.split(' ')[0]}", v.max_budget)))
-           for v in out]
-    return [v for v in out if args.methods is None or v.label.split(" ")[0] in args.methods]
+    out = [replace(v, max_budget=min(v.max_budget, caps.get(v.method, v.max_budget),
+                                     caps.get(f"{setting}:{v.method}", v.max_budget))) for v in out]
+    return [v for v in out if args.methods is None or v.method in args.methods]
 
 
 def _cap(text: str) -> tuple[str, float]:
@@ -131,11 +133,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     ladder = sorted(set(args.budgets) | {1, 2})
     thresholds = {s: real_prior_quantile(args.assets / s, args.stop_prior_quantile) for s in args.settings}
+    realism = real_realism()
     tasks = [(setting, v, budget) for setting in args.settings for v in variants(args, setting, thresholds[setting])
              for budget in ladder
              if v.min_budget <= budget <= v.max_budget and (budget in args.budgets or budget == v.max_budget)]
     started = time.perf_counter()
-    outcomes = _run_tasks(args, tasks)
+    outcomes = _run_tasks(args, tasks, realism)
     report: dict[str, Any] = {"settings": {}, "steps": args.steps, "crops": args.crops,
                               "seconds": time.perf_counter() - started}
     sheets: dict[str, list] = {}
@@ -164,19 +167,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_tasks(args: argparse.Namespace, tasks: list[tuple]) -> list[dict[str, Any]]:
+def _run_tasks(args: argparse.Namespace, tasks: list[tuple], realism: dict[str, float]) -> list[dict[str, Any]]:
     """Every task's outcome, cheapest first (by budget, then the setting's items; DOODL last within them) so
     that a run cut short has whole lower rungs, each one saved to `--cache` as it finishes."""
     paths = [args.cache / f"{_task_key(args, *t)}.json" if args.cache else None for t in tasks]
     outcomes: list[dict[str, Any] | None] = [json.loads(p.read_text()) if p and p.exists() else None for p in paths]
-    items = {s: (len(RARE_CLASSES) * args.rare_seeds if s == "rare" else 10 * args.seeds) for s in args.settings}
+    items = {s: len(_targets(s)) * len(_seeds(args, s)) for s in args.settings}
     todo = sorted((i for i, o in enumerate(outcomes) if o is None),
-                  key=lambda i: (tasks[i][2], items[tasks[i][0]], tasks[i][1].label.startswith("doodl")))
+                  key=lambda i: (tasks[i][2], items[tasks[i][0]], tasks[i][1].method == "doodl"))
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
         print(f"frontier: {len(tasks) - len(todo)} of {len(tasks)} results from {args.cache}", file=sys.stderr)
     with ProcessPoolExecutor(args.workers, initializer=_one_thread) as pool:
-        futures = {pool.submit(_task, (args, *tasks[i])): i for i in todo}
+        futures = {pool.submit(_task, (args, *tasks[i], realism)): i for i in todo}
         for done, future in enumerate(as_completed(futures), 1):
             i = futures[future]
             outcomes[i] = future.result()
@@ -192,7 +195,7 @@ def _run_tasks(args: argparse.Namespace, tasks: list[tuple]) -> list[dict[str, A
 
 def _task_key(args: argparse.Namespace, setting: str, variant: Variant, budget: float) -> str:
     """What a task's result depends on: its items, method settings, budget and guide."""
-    n = args.rare_seeds if setting == "rare" else args.seeds
+    n = len(_seeds(args, setting))
     budget = int(budget) if float(budget).is_integer() else float(budget)  # --budgets 10 and the default 10 agree
     text = json.dumps([str(args.assets.resolve()), setting, variant.config, budget, args.steps, args.crops,
                        args.first_seed, n], sort_keys=True)
@@ -216,6 +219,29 @@ def real_prior_quantile(model: Path, quantile: float) -> float | None:
     return float(torch.quantile(prior(to_model_range(test_x)), quantile))
 
 
+def _targets(setting: str) -> list[int]:
+    return list(RARE_CLASSES) if setting == "rare" else list(range(10))
+
+
+def _seeds(args: argparse.Namespace, setting: str) -> range:
+    return range(args.first_seed, args.first_seed + (args.rare_seeds if setting == "rare" else args.seeds))
+
+
+def _items(args: argparse.Namespace, setting: str) -> list:
+    """The setting's items, target-major: every target at each of its seeds."""
+    from doodl_ray.engine import Item
+
+    return [Item(id=f"{t}-{s}", seed=1000 * s + t, target=t) for t in _targets(setting) for s in _seeds(args, setting)]
+
+
+def real_realism() -> dict[str, float]:
+    """tau, the 95th percentile of real test digits' nearest-training-image distance, and that distance's mean:
+    the same for every task, so computed once."""
+    train_x, _, test_x, _ = load_split()
+    real_nn = nearest_train_distance(test_x, train_x)
+    return {"tau": float(torch.quantile(real_nn, 0.95)), "real_nn_dist": float(real_nn.mean())}
+
+
 def _one_thread() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
@@ -223,14 +249,12 @@ def _one_thread() -> None:
 
 def _task(task: tuple) -> dict[str, Any]:
     """One method at one budget on one setting's items: per-item outcomes and their summary."""
-    from doodl_ray.engine import Engine, Item
+    from doodl_ray.engine import Engine
     from doodl_ray.guidance.classifier import load_torchscript_classifier
     from doodl_ray.guidance.crops import MultiCrop
 
-    args, setting, variant, budget = task
-    targets = list(RARE_CLASSES) if setting == "rare" else list(range(10))
-    seeds = range(args.first_seed, args.first_seed + (args.rare_seeds if setting == "rare" else args.seeds))
-    items = [Item(id=f"{t}-{s}", seed=1000 * s + t, target=t) for t in targets for s in seeds]
+    args, setting, variant, budget, realism = task
+    targets, seeds, items = _targets(setting), _seeds(args, setting), _items(args, setting)
     guide = load_torchscript_classifier(str(args.assets / "guide.pt"), crops=MultiCrop(args.crops))
     judge = load_torchscript_classifier(str(args.assets / "judge.pt"))
     method = MethodConfig.model_validate({**variant.config, "budget": int(budget * args.steps),
@@ -240,9 +264,8 @@ def _task(task: tuple) -> dict[str, Any]:
     results = engine.run([engine.validate(item) for item in items])
     seconds = (time.perf_counter() - start) / len(items)
     images = torch.from_numpy(np.stack([r.image for r in results])).permute(0, 3, 1, 2).float() / 255
-    train_x, _, test_x, _ = load_split()
-    real_nn = nearest_train_distance(test_x, train_x)
-    tau = float(torch.quantile(real_nn, 0.95))
+    train_x, _, _, _ = load_split()
+    tau = realism["tau"]
     labels = torch.tensor(targets).repeat_interleave(len(seeds))
     outcome = metrics(images, labels, guide, judge, train_x, tau)
     evals = [r.compute["unet_evals"] for r in results]
@@ -250,7 +273,7 @@ def _task(task: tuple) -> dict[str, Any]:
     return outcome | {
         "unet_evals_mean": float(np.mean(evals)), "unet_evals_max": int(max(evals)), "sec_per_image": seconds,
         "images": first,
-        "setting": {"targets": targets, "seeds": list(seeds), "tau": tau, "real_nn_dist": float(real_nn.mean()),
+        "setting": {"targets": targets, "seeds": list(seeds), **realism,
                     "items": len(items)},
     }
 
