@@ -238,3 +238,37 @@ def test_particle_resampling_keeps_the_particle_with_the_best_one_step_estimate(
             expected = chain_sample(noise[chosen : chosen + 1], schedule, eps)
         expected = ((expected + 1) / 2).clamp(0, 1).mul(255).round().permute(0, 2, 3, 1).numpy().astype(int)[0]
         assert np.abs(result.image.astype(int) - expected).max() <= 1
+
+
+def test_best_of_n_matches_a_straightforward_diffusers_loop():
+    """The shipped balanced digits model and guide: N plain DDIMScheduler samples from each item's candidate
+    seeds, the one with the lowest cross-entropy kept, written here from scratch."""
+    from diffusers import DDIMPipeline
+
+    from doodl_ray.digits import ASSETS_DIR
+    from doodl_ray.methods.base import candidate_seed
+
+    steps, n = 10, 4
+    guide = load_torchscript_classifier(str(ASSETS_DIR / "guide.pt"), crops=MultiCrop(count=0))
+    engine = Engine(str(ASSETS_DIR / "balanced"), guide,
+                    MethodConfig(name="best-of-n", candidates=n, sampler=SamplerConfig(steps=steps)))
+    items = [engine.validate(Item(id=str(t), seed=200 + t, target=t)) for t in (2, 6)]
+    ours = engine.run(items)
+    assert {r.best_iteration for r in ours} != {0}  # the search chose, not the item's own noise
+
+    pipe = DDIMPipeline.from_pretrained(str(ASSETS_DIR / "balanced"))
+    pipe.scheduler.set_timesteps(steps)
+    for item, result in zip(items, ours):
+        best, best_loss = None, float("inf")
+        for j in range(n):
+            z = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(candidate_seed(item.seed, j)))
+            with torch.no_grad():
+                for t in pipe.scheduler.timesteps:
+                    z = pipe.scheduler.step(pipe.unet(z, t).sample, t, z).prev_sample
+                image = ((z + 1) / 2).clamp(0, 1)
+                loss = float(torch.nn.functional.cross_entropy(guide.model((image - 0.5) / 0.5),
+                                                               torch.tensor([item.target])))
+            if loss < best_loss:
+                best, best_loss = image, loss
+        expected = best.mul(255).round().permute(0, 2, 3, 1)[0].numpy().astype(int)
+        assert np.abs(result.image.astype(int) - expected).max() <= 1
