@@ -18,7 +18,7 @@ from torch import nn
 from doodl_ray.digits import ASSETS_DIR
 from doodl_ray.errors import DoodlError
 from doodl_ray.jobs import run_job
-from doodl_ray.jobs.driver import prepare
+from doodl_ray.jobs.preflight import preflight
 from doodl_ray.jobs.spec import parse_spec
 from tests.ray_session import ray_session  # noqa: F401
 from tests.s3_server import s3_endpoint  # noqa: F401
@@ -79,5 +79,5 @@ def test_a_job_with_a_plain_classifier_and_a_misfit_refused_before_actors(ray_se
     rows = pq.read_table(tmp_path / "ok" / "results" / "shard-00000.parquet").to_pylist()
     assert [json.loads(r["compute"])["unet_evals"] for r in rows] == [24, 24, 24]
     with pytest.raises(DoodlError, match="1x16x16") as refused:
-        prepare(spec(_save(tmp_path / "misfit.pt", 3, 32), "misfit"))
+        preflight(spec(_save(tmp_path / "misfit.pt", 3, 32), "misfit"))
     assert "\n" not in str(refused.value)

@@ -57,13 +57,15 @@ def _submit(args: argparse.Namespace, todo: list[Partition]) -> int:
 
 
 def _run(args: argparse.Namespace, todo: list[Partition]) -> int:
+    from doodl_ray.cluster.metrics import RunMetrics
     from doodl_ray.commands.run import start_ray
     from doodl_ray.jobs import run_job
 
     start_ray(args.address)
     failed = 0
     for part in todo:
-        summary = run_job(part.spec, progress=not args.no_progress)
+        summary = run_job(part.spec, progress=not args.no_progress,
+                          metrics=RunMetrics(part.spec.run_id, part.spec.resources.gpu_hourly_price))
         print(f"{part.day}: {summary.text()}", file=sys.stderr)
         failed += summary.failed
     return 0 if failed == 0 else 3

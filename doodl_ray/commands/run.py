@@ -35,10 +35,12 @@ def start_ray(address: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from doodl_ray.cluster.metrics import RunMetrics
     from doodl_ray.jobs import load_spec, run_job
 
     spec = load_spec(args.spec, args.overrides)
     start_ray(args.address)
-    summary = run_job(spec, force=args.force, retry_failed=args.retry_failed, progress=not args.no_progress)
+    summary = run_job(spec, force=args.force, retry_failed=args.retry_failed, progress=not args.no_progress,
+                      metrics=RunMetrics(spec.run_id, spec.resources.gpu_hourly_price))
     print(summary.text(), file=sys.stderr)
     return 0 if summary.failed == 0 else 3

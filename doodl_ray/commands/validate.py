@@ -10,12 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from doodl_ray.errors import DoodlError
-
-if TYPE_CHECKING:
-    from doodl_ray.jobs.spec import JobSpec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,18 +40,11 @@ def run(args: argparse.Namespace) -> int:
 def validate(path: str, overrides: list[str], offline: bool = False) -> int:
     """Check one spec: its verdict goes to stdout when it is valid, to stderr (one line per distinct reason)
     when input rows would be rejected, then the checks skipped offline. DoodlError (one line) when invalid."""
-    from doodl_ray.jobs.driver import preflight
+    from doodl_ray.jobs.preflight import preflight
     from doodl_ray.jobs.spec import load_spec
 
-    from botocore.exceptions import NoCredentialsError
-
     spec = load_spec(path, overrides)
-    try:
-        checked = preflight(spec, offline=offline)
-        skipped = checked.skipped + _check_output(spec, offline)
-    except NoCredentialsError:
-        raise DoodlError(f"{path} reads S3, and no AWS credentials were found (environment, profile, instance "
-                         "role); `validate --offline` runs every check that needs no network") from None
+    checked = preflight(spec, offline=offline)
     plan = checked.plan
     if plan is None:
         print(f"{path}: valid; input not read (remote storage); output {spec.output.uri}")
@@ -68,24 +57,6 @@ def validate(path: str, overrides: list[str], offline: bool = False) -> int:
               + (f" ({reasons[0][1]} rows)" if reasons[0][1] > 1 else ""), file=sys.stderr)
         for reason, n in reasons[1:5]:
             print(f"  and {n}: {reason}", file=sys.stderr)
-    for check in skipped:
+    for check in checked.skipped:
         print(f"  skipped (offline): {check}")
     return 4 if plan is not None and plan.rejected else 0
-
-
-def _check_output(spec: JobSpec, offline: bool) -> list[str]:
-    """The output is readable and holds no run of another spec (which `run` refuses without --force);
-    offline, a remote output is not read."""
-    from doodl_ray.errors import InvalidInput
-    from doodl_ray.fetch import is_remote
-    from doodl_ray.jobs.storage import Storage
-    from doodl_ray.jobs.writer import read_manifest
-
-    uri = spec.output.uri
-    if offline and is_remote(uri):
-        return [f"output {uri} (remote storage)"]
-    manifest = read_manifest(Storage(uri, spec.storage.fsspec_options(uri), spec.retries))
-    if manifest is not None and manifest.get("spec_hash") != spec.result_hash():
-        raise InvalidInput(f"{uri} holds run {manifest.get('run_id')!r} of a different spec: `run` would stop "
-                           "there; use a new output URI or run --force")
-    return []

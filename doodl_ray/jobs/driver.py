@@ -17,16 +17,17 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from doodl_ray.cluster.metrics import RunMetrics
-from doodl_ray.errors import DoodlError, InvalidInput
+from doodl_ray.errors import DoodlError
 from doodl_ray.jobs.formats import ALL_PREFIXES, output_format
-from doodl_ray.jobs.ledger import LedgerState, load_ledger
-from doodl_ray.jobs.reader import InputPlan, JobItem, TargetCheck, read_input
+from doodl_ray.jobs.ledger import LedgerState
+from doodl_ray.jobs.metrics import RunRecorder, RunTally
+from doodl_ray.jobs.preflight import preflight
+from doodl_ray.jobs.reader import InputPlan, JobItem
 from doodl_ray.jobs.spec import JobSpec
 from doodl_ray.jobs.storage import Storage, backoff_delay
 from doodl_ray.jobs.worker import JobWorker, Outcome
@@ -35,9 +36,7 @@ from doodl_ray.jobs.writer import (
     failure_row,
     finalize_shard,
     ids_hash,
-    manifest_format,
     now,
-    read_manifest,
     rejected_row,
     write_manifest,
 )
@@ -105,119 +104,14 @@ class _Slot:
     inflight: deque = field(default_factory=deque)
 
 
-@dataclass
-class Preflight:
-    """What the checks before any actor starts found: the input plan (None when offline and the input is in
-    remote storage) and, offline, each check skipped for needing remote storage or a model hub, one line each."""
-
-    plan: Optional[InputPlan]
-    skipped: list[str] = field(default_factory=list)
-
-
-def target_check(spec: JobSpec, storage_options: dict[str, Any],
-                 offline: bool = False) -> tuple[Optional[TargetCheck], list[str]]:
-    """The diffusion model's and the guidance (and evaluation) models' static checks, and their target checks,
-    so bad targets are rejected before any actor starts. Every spec gets the static checks (names, files,
-    references, the image shape the model decodes to); classifier targets are checked against the labels the
-    spec fixes (a list, a bundled set, a local file), else against the model's own, which is loaded here since
-    class names and counts need it. Other targets (texts, reference images) are checked by each worker before
-    it generates, and a bad one is still recorded as a rejected row. Offline, checks that need remote storage
-    or a model hub are skipped, a classifier with such files is not loaded, and the skipped checks are listed.
-    Returns the check (None: none to run here) and that list."""
-    from doodl_ray.guidance.spec import build_guidance, check_guidance, needs_model_to_validate, static_labels
-
-    shape, skipped = _model_check(spec, storage_options, offline) if spec.processor.name == "engine" else (None, [])
-    configs, loadable = [c for c in (spec.guidance, spec.evaluation) if c is not None], []
-    for config in configs:
-        missed = check_guidance(config, storage_options, shape, offline)
-        skipped += missed
-        loadable.append(not missed)
-    columns = spec.input.columns
-    if spec.processor.name != "engine" or (columns.target is None and columns.reference is None):
-        return None, skipped
-    checks = []
-    for config, can_load in zip(configs, loadable):
-        if not needs_model_to_validate(config):
-            continue
-        labels = static_labels(config)
-        if labels is not None:
-            checks.append(_labels_check(labels))
-        elif can_load and not (offline and _downloads_weights(config)):
-            checks.append(build_guidance(config, "cpu", storage_options, shape).validate_target)
-        else:
-            skipped.append(f"targets against the classes of {getattr(config, 'model', config.type)} (needs its files)")
-    if not checks:
-        return None, skipped
-
-    def check(target: Any, prompt: Optional[str]) -> Any:
-        for validate in checks:
-            validate(target, prompt)
-        return target
-
-    return check, skipped
-
-
-def _model_check(spec: JobSpec, storage_options: dict[str, Any], offline: bool) -> tuple[Any, list[str]]:
-    """The diffusion model reference (a supported family) and the (C, H, W) images it decodes to at the
-    sampler's size, for the guides' checks; offline, a remote model is not read: shape None, check skipped."""
-    from doodl_ray.models.inspect import check_model, image_shape, inspect_model
-
-    skipped = check_model(spec.model, storage_options, offline)
-    info = None if skipped else inspect_model(spec.model, storage_options, offline)
-    sampler = spec.method.sampler
-    return (image_shape(info, sampler.height, sampler.width) if info else None), skipped
-
-
-def _downloads_weights(config: Any) -> bool:
-    """Whether loading a guide fetches a library's pretrained weights (timm's from its hub, torchvision's from
-    its URLs) rather than reading a checkpoint file: what an offline check cannot load."""
-    from pathlib import Path
-
-    from doodl_ray.guidance.spec import ClassifierGuidanceConfig, CombinationGuidanceConfig
-
-    if isinstance(config, CombinationGuidanceConfig):
-        return any(_downloads_weights(term.guidance) for term in config.terms)
-    return (isinstance(config, ClassifierGuidanceConfig) and config.model.startswith(("timm:", "torchvision:"))
-            and (config.weights is None or not Path(config.weights).is_file()))
-
-
-def _labels_check(labels: list[str]) -> TargetCheck:
-    """A classifier's own target rule (a class index, or a name among its labels) over labels a spec fixes,
-    with no model loaded: the classifier below is never called."""
-    from torch import nn
-
-    from doodl_ray.guidance.classifier import ClassifierGuidance
-
-    return ClassifierGuidance(nn.Identity(), len(labels), labels=labels).validate_target
-
-
-def preflight(spec: JobSpec, offline: bool = False, check_targets: bool = True) -> Preflight:
-    """Every check before any actor starts: the model, guidance and evaluation references, the input's files,
-    columns, types, filter, ids and targets. What `validate` runs and `run` repeats; offline (`validate
-    --offline`), checks that need remote storage or a model hub are skipped and listed, and an input in remote
-    storage is not read (plan None)."""
-    from doodl_ray.fetch import is_remote
-
-    check, skipped = target_check(spec, spec.storage.fsspec_options("s3://"), offline) if check_targets else (None, [])
-    if offline and is_remote(spec.input.uri):
-        return Preflight(None, [*skipped, f"input {spec.input.uri} (remote storage)"])
-    return Preflight(read_input(spec, spec.storage.fsspec_options(spec.input.uri), check), skipped)
-
-
-def prepare(spec: JobSpec, check_targets: bool = True) -> InputPlan:
-    """The input plan, after every check `preflight` runs online: what `run` does before any actor starts."""
-    plan = preflight(spec, check_targets=check_targets).plan
-    assert plan is not None  # online, the input is always read
-    return plan
-
-
 class Driver:
     """One invocation of a job: plan, resume, dispatch, record."""
 
     def __init__(self, spec: JobSpec, *, force: bool = False, retry_failed: bool = False, progress: bool = True,
-                 on_progress: Callable[[dict[str, int]], None] | None = None):
+                 on_progress: Callable[[dict[str, int]], None] | None = None, metrics: RunRecorder | None = None):
         self.spec, self.force, self.retry_failed, self.show_progress = spec, force, retry_failed, progress
         self.on_progress = on_progress
+        self.metrics = metrics or RunTally(spec.resources.gpu_hourly_price)
         self.session = uuid.uuid4().hex[:12]
         self.storage = Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries)
         self.format = output_format(spec.output.format)
@@ -228,22 +122,6 @@ class Driver:
         self._seq = itertools.count()
 
     # ---- setup -------------------------------------------------------------------------------------
-
-    def _check_output(self) -> None:
-        manifest = read_manifest(self.storage)
-        if self.force:
-            for prefix in ("results", *ALL_PREFIXES):
-                self.storage.delete_prefix(prefix)
-        elif manifest is not None and manifest.get("spec_hash") != self.spec_hash:
-            raise InvalidInput(
-                f"{self.spec.output.uri} holds run {manifest.get('run_id')!r} of a different spec "
-                f"(hash {manifest.get('spec_hash')} vs {self.spec_hash}); use a new output URI or --force"
-            )
-        elif manifest is not None and manifest_format(manifest) != self.format.name:
-            raise InvalidInput(
-                f"{self.spec.output.uri} holds run {manifest.get('run_id')!r} in the {manifest_format(manifest)} "
-                f"format, not {self.format.name}; `doodl-ray export` converts it, or use a new output URI or --force"
-            )
 
     def _manifest(self, plan: InputPlan, state: str, started: str, finished: str | None = None) -> dict[str, Any]:
         import platform
@@ -266,10 +144,12 @@ class Driver:
     def run(self) -> RunSummary:
         t0 = time.perf_counter()
         started = now().isoformat()
-        self.metrics = RunMetrics(self.spec.run_id, self.spec.resources.gpu_hourly_price)  # needs Ray up
-        self._check_output()
-        plan = prepare(self.spec)
-        state = load_ledger(self.storage, plan, self.spec_hash, self.retry_failed)
+        checked = preflight(self.spec, force=self.force, retry_failed=self.retry_failed)
+        plan, state = checked.plan, checked.resume or LedgerState()
+        assert plan is not None  # online, the input is always read
+        if self.force:
+            for prefix in ("results", *ALL_PREFIXES):
+                self.storage.delete_prefix(prefix)
         write_manifest(self.storage, self._manifest(plan, "running", started))
         pending = self._setup_shards(plan, state)
         self._progress_bar(plan.rows)
@@ -514,6 +394,9 @@ def _short(exc: BaseException) -> str:
 
 
 def run_job(spec: JobSpec, *, force: bool = False, retry_failed: bool = False, progress: bool = True,
-            on_progress: Callable[[dict[str, int]], None] | None = None) -> RunSummary:
-    """Run (or resume) a job on the Ray cluster this process is connected to."""
-    return Driver(spec, force=force, retry_failed=retry_failed, progress=progress, on_progress=on_progress).run()
+            on_progress: Callable[[dict[str, int]], None] | None = None,
+            metrics: RunRecorder | None = None) -> RunSummary:
+    """Run (or resume) a job on the Ray cluster this process is connected to; `metrics` receives every item's
+    final outcome (default: an in-process tally, whose cost the manifest records)."""
+    return Driver(spec, force=force, retry_failed=retry_failed, progress=progress, on_progress=on_progress,
+                  metrics=metrics).run()
