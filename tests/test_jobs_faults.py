@@ -24,7 +24,7 @@ import ray
 import yaml
 
 from doodl_ray.jobs import run_job
-from doodl_ray.jobs.ledger import ledger_counts
+from doodl_ray.jobs.ledger import Ledger
 from doodl_ray.jobs.spec import parse_spec
 from doodl_ray.jobs.storage import Storage
 from tests.ray_session import ROOT, ray_session  # noqa: F401
@@ -165,7 +165,7 @@ def test_driver_sigkill_then_resume(ray_session, s3_endpoint, tmp_path: Path, fm
         time.sleep(0.1)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    killed = ledger_counts(storage)
+    killed = Ledger(storage).counts()
     assert killed["state"] == "running" and 6 <= killed["ok"] < 30
     if fmt != "files":
         assert len(set(packed_ids(fs, f"{bucket}/out", fmt))) <= killed["ok"]  # whatever is there is whole
@@ -176,7 +176,7 @@ def test_driver_sigkill_then_resume(ray_session, s3_endpoint, tmp_path: Path, fm
     assert sorted(r["id"] for r in rows) == ids(30)
     sessions = Counter(r["session"] for r in rows)
     assert sessions[summary.session] == summary.computed  # only the missing items were computed again
-    assert ledger_counts(storage)["state"] == "finished"
+    assert Ledger(storage).counts()["state"] == "finished"
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

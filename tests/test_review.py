@@ -31,7 +31,7 @@ from sklearn.metrics import cohen_kappa_score
 from doodl_ray.cli import main
 from doodl_ray.errors import InvalidInput
 from doodl_ray.jobs.storage import Storage
-from doodl_ray.jobs.writer import to_parquet
+from doodl_ray.jobs.rows import to_parquet
 from doodl_ray.review.app import create_app, make_review_server
 from doodl_ray.review.gallery import GalleryQuery, gallery_page
 from doodl_ray.review.report import build_report
@@ -161,7 +161,7 @@ def test_run_rows_categories_and_image_keys(tmp_path: Path):
     assert run.image("plain").data == png(0) and run.image("plain").mimetype == "image/png"
     for item_id in ("with space", "a/b/c", "ünï-çødé ☃", "../../etc/passwd-lookalike", "no such id"):
         assert run.image(item_id) is None
-    assert run.image("plain", "initial_image_uri") is None  # column absent: not recorded
+    assert run.image("plain", "initial_image") is None  # column absent: not recorded
     assert run.row("no such id") is None
 
 

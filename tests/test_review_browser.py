@@ -195,7 +195,7 @@ def test_gallery_filter_sort_and_detail(browser, live, demo_runs, tmp_path):
     assert item_id in css(browser, "#item-id")[0].text
     wait_for(browser, lambda d: images_loaded(d, ".images img"))
     row = run.row(item_id)
-    if run.has_image(item_id, "initial_image_uri"):
+    if run.has_image(item_id, "initial_image"):
         assert browser.execute_script("return document.querySelector('#initial img').naturalWidth") == 16
     else:
         assert "not recorded" in css(browser, "#initial")[0].text

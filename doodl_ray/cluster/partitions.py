@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from doodl_ray.errors import InvalidInput
-from doodl_ray.jobs.ledger import ledger_counts
+from doodl_ray.jobs.ledger import Ledger
 from doodl_ray.jobs.spec import JobSpec, load_spec
 from doodl_ray.jobs.storage import Storage
-from doodl_ray.jobs.writer import read_manifest
 
 DATE_TEMPLATE = re.compile(r"\{date(:[^{}]*)?\}")
 """`{date}` (ISO, 2026-11-01) or `{date:FORMAT}` with strftime codes, e.g. `{date:%Y/%m/%d}`."""
@@ -83,9 +82,9 @@ def partitions(spec_path: str | Path, overrides: list[str], start: dt.date, end:
 
 def is_complete(spec: JobSpec) -> bool:
     """True when the spec's output holds a finished run of this spec (same result hash), every shard done."""
-    storage = Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries)
-    manifest = read_manifest(storage)
+    ledger = Ledger(Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries))
+    manifest = ledger.manifest()
     if manifest is None or manifest.get("spec_hash") != spec.result_hash():
         return False
-    counts = ledger_counts(storage)
+    counts = ledger.counts()
     return counts["state"] == "finished" and counts["pending"] == 0 and counts["shards_done"] == counts["shards"]

@@ -28,13 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from doodl_ray.contact_sheet import contact_sheet
-    from doodl_ray.jobs.formats import read_images
+    from doodl_ray.jobs.ledger import Ledger
     from doodl_ray.jobs.storage import Storage
-    from doodl_ray.jobs.writer import read_rows
 
-    storage = Storage(args.output, StorageConfig(endpoint_url=args.endpoint_url).fsspec_options(args.output))
-    rows = [r for key in storage.list("results", ".parquet") if "/parts/" not in key
-            for r in read_rows(storage, key) if r["status"] == "ok"]
+    ledger = Ledger(Storage(args.output, StorageConfig(endpoint_url=args.endpoint_url).fsspec_options(args.output)))
+    rows = [r for r in ledger.finished_rows() if r["status"] == "ok"]
     if not rows:
         raise InvalidInput(f"{args.output} has no finished images yet (no done shards with ok rows)")
     for field in (args.columns, args.rows):
@@ -51,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             rank[column] = row = rank.get(column, 0) + 1
         cells[(row, column)] = r
     row_values = sorted({row for row, _ in cells}, key=_natural)[: args.max_rows]
-    pngs = read_images(storage, [r for (row, _), r in cells.items() if row in row_values])
+    pngs = ledger.images([r for (row, _), r in cells.items() if row in row_values])
 
     def image(result: dict | None) -> np.ndarray | None:
         if result is None:

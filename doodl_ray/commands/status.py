@@ -17,11 +17,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doodl_ray.jobs.ledger import ledger_counts
+    from doodl_ray.jobs.ledger import Ledger
     from doodl_ray.jobs.storage import Storage
 
     storage = Storage(args.output, StorageConfig(endpoint_url=args.endpoint_url).fsspec_options(args.output))
-    counts = ledger_counts(storage)
+    counts = Ledger(storage).counts()
     if args.json:
         print(json.dumps(counts))
     else:

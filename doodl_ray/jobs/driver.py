@@ -23,23 +23,14 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from doodl_ray.errors import DoodlError
-from doodl_ray.jobs.formats import ALL_PREFIXES, output_format
-from doodl_ray.jobs.ledger import LedgerState
+from doodl_ray.jobs.ledger import Ledger, LedgerState, ids_hash
 from doodl_ray.jobs.metrics import RunRecorder, RunTally
 from doodl_ray.jobs.preflight import preflight
 from doodl_ray.jobs.reader import InputPlan, JobItem
 from doodl_ray.jobs.spec import JobSpec
+from doodl_ray.jobs.rows import RowContext, failure_row, now, rejected_row
 from doodl_ray.jobs.storage import Storage, backoff_delay
 from doodl_ray.jobs.worker import JobWorker, Outcome
-from doodl_ray.jobs.writer import (
-    RowContext,
-    failure_row,
-    finalize_shard,
-    ids_hash,
-    now,
-    rejected_row,
-    write_manifest,
-)
 from doodl_ray.provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -113,8 +104,8 @@ class Driver:
         self.on_progress = on_progress
         self.metrics = metrics or RunTally(spec.resources.gpu_hourly_price)
         self.session = uuid.uuid4().hex[:12]
-        self.storage = Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries)
-        self.format = output_format(spec.output.format)
+        storage = Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries)
+        self.ledger = Ledger(storage, spec.output.format)
         self.spec_hash = spec.result_hash()
         self.context = RowContext(self.session, self.spec_hash, spec.method.name, spec.model, code_version())
         self.counts = {"ok": 0, "failed": 0, "rejected": 0}
@@ -148,9 +139,8 @@ class Driver:
         plan, state = checked.plan, checked.resume or LedgerState()
         assert plan is not None  # online, the input is always read
         if self.force:
-            for prefix in ("results", *ALL_PREFIXES):
-                self.storage.delete_prefix(prefix)
-        write_manifest(self.storage, self._manifest(plan, "running", started))
+            self.ledger.clear()
+        self.ledger.write_manifest(self._manifest(plan, "running", started))
         pending = self._setup_shards(plan, state)
         self._progress_bar(plan.rows)
         try:
@@ -158,8 +148,8 @@ class Driver:
                 self._dispatch(pending)
         finally:
             self._close_progress()
-        self.format.tidy(self.storage)  # every shard is finished
-        write_manifest(self.storage, self._manifest(plan, "finished", started, now().isoformat()))
+        self.ledger.tidy()  # every shard is finished
+        self.ledger.write_manifest(self._manifest(plan, "finished", started, now().isoformat()))
         return RunSummary(self.spec.run_id, self.spec.output.uri, self.session, plan.rows, self.counts["ok"],
                           self.counts["failed"], self.counts["rejected"], self.computed, self.resumed,
                           time.perf_counter() - t0, self.metrics.cost())
@@ -197,7 +187,7 @@ class Driver:
     def _finalize(self, shard: int) -> None:
         rows, unnamed = self.shard_rows.pop(shard), iter(self.unnamed.pop(shard, []))
         ordered = [rows[i] if i else next(unnamed) for i in self.plan.shard_ids[shard]]
-        finalize_shard(self.storage, self.format, shard, ordered, ids_hash(self.plan.shard_ids[shard]), self.spec_hash)
+        self.ledger.finalize_shard(shard, ordered, ids_hash(self.plan.shard_ids[shard]), self.spec_hash)
 
     def _record(self, item: JobItem, row: dict[str, Any]) -> None:
         """An item's final row: count it, and close its shard when it was the last one."""

@@ -13,11 +13,10 @@ from typing import Any, Optional
 
 from doodl_ray.errors import DoodlError, InvalidInput
 from doodl_ray.fetch import is_remote
-from doodl_ray.jobs.ledger import LedgerState, load_ledger
+from doodl_ray.jobs.ledger import Ledger, LedgerState, manifest_format
 from doodl_ray.jobs.reader import InputPlan, TargetCheck, read_input
 from doodl_ray.jobs.spec import JobSpec
 from doodl_ray.jobs.storage import Storage
-from doodl_ray.jobs.writer import manifest_format, read_manifest
 
 
 @dataclass
@@ -55,22 +54,22 @@ def _preflight(spec: JobSpec, offline: bool, force: bool, retry_failed: bool, ch
         plan = read_input(spec, spec.storage.fsspec_options(spec.input.uri), check)
     if remote_output:
         skipped.append(f"output {spec.output.uri} (remote storage)")
-    resume = None if output is None or plan is None else load_ledger(output, plan, spec.result_hash(), retry_failed)
+    resume = None if output is None or plan is None else output.resume(plan, spec.result_hash(), retry_failed)
     return Preflight(plan, resume, skipped)
 
 
-def _output(spec: JobSpec) -> Storage:
+def _output(spec: JobSpec) -> Ledger:
     """The output, after checking that it holds no run of another spec or in another format."""
     uri, spec_hash, name = spec.output.uri, spec.result_hash(), spec.output.format
-    storage = Storage(uri, spec.storage.fsspec_options(uri), spec.retries)
-    manifest = read_manifest(storage)
+    ledger = Ledger(Storage(uri, spec.storage.fsspec_options(uri), spec.retries), name)
+    manifest = ledger.manifest()
     if manifest is not None and manifest.get("spec_hash") != spec_hash:
         raise InvalidInput(f"{uri} holds run {manifest.get('run_id')!r} of a different spec "
                            f"(hash {manifest.get('spec_hash')} vs {spec_hash}); use a new output URI or --force")
     if manifest is not None and manifest_format(manifest) != name:
         raise InvalidInput(f"{uri} holds run {manifest.get('run_id')!r} in the {manifest_format(manifest)} format, "
                            f"not {name}; `doodl-ray export` converts it, or use a new output URI or --force")
-    return storage
+    return ledger
 
 
 def target_check(spec: JobSpec, storage_options: dict[str, Any],

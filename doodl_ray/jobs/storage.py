@@ -134,6 +134,10 @@ class Storage:
     def read_bytes(self, key: str) -> bytes:
         return with_retries(lambda: self.fs.cat_file(self.path(key)), self.retry)
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object (one ranged GET on object stores)."""
+        return with_retries(lambda: self.fs.cat_file(self.path(key), start=start, end=end), self.retry)
+
     def open(self, key: str) -> IO[bytes]:
         """A streaming read of a large object."""
         return with_retries(lambda: self.fs.open(self.path(key), "rb"), self.retry)
@@ -173,14 +177,6 @@ class Storage:
 
         keys = (p[len(self.root) + 1 :] for p in with_retries(find, self.retry))
         return sorted(k for k in keys if k.endswith(suffix) and not posixpath.basename(k).startswith(".tmp-"))
-
-    def delete(self, keys: list[str]) -> None:
-        """Remove keys (missing ones ignored)."""
-        for key in keys:
-            try:
-                with_retries(lambda: self.fs.rm_file(self.path(key)), self.retry)
-            except FileNotFoundError:
-                pass
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove everything under a prefix (used by --force)."""

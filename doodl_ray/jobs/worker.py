@@ -25,11 +25,12 @@ import numpy as np
 from PIL import Image
 
 from doodl_ray.errors import InvalidInput, NonFiniteLoss
-from doodl_ray.jobs.formats import KINDS, output_format
+from doodl_ray.jobs.formats import KINDS
+from doodl_ray.jobs.ledger import Ledger
 from doodl_ray.jobs.reader import JobItem
+from doodl_ray.jobs.rows import RowContext, base_row, now
 from doodl_ray.jobs.spec import JobSpec
 from doodl_ray.jobs.storage import Storage
-from doodl_ray.jobs.writer import RowContext, base_row, now, write_part
 from doodl_ray.provenance import fingerprint
 
 PERMANENT_ERRORS = (InvalidInput, NonFiniteLoss)
@@ -165,8 +166,8 @@ class JobWorker:
     def __init__(self, spec: JobSpec, context: RowContext, name: str):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         self.spec, self.context, self.name = spec, context, f"{socket.gethostname()}/{name}"
-        self.storage = Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries)
-        self.format = output_format(spec.output.format)
+        storage = Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries)
+        self.ledger = Ledger(storage, spec.output.format)
         model_options = spec.storage.fsspec_options("s3://")  # models and reference images may live on S3
         self.processor = build_processor(spec, model_options, max(1, int(spec.resources.cpus_per_actor)))
         setup = getattr(self.processor, "provenance", None)
@@ -221,7 +222,7 @@ class JobWorker:
         """The result's image and, when it has one, its unguided initial image; their URIs by row column."""
         images = {kind: getattr(result, kind, None) for kind in KINDS}  # ItemResult.image, .initial_image
         return {f"{kind}_uri": None if image is None else
-                self.storage.write_bytes(self.format.stage_key(item.shard, item.key, kind), encode_png(image))
+                self.ledger.write_image(item.shard, item.key, kind, encode_png(image))
                 for kind, image in images.items()}
 
     def _run(self, items: list[Any]) -> dict[str, Any]:
@@ -246,7 +247,7 @@ class JobWorker:
             by_shard.setdefault(shards[outcome.id], []).append(outcome)
         for shard, outcomes in by_shard.items():
             try:
-                write_part(self.storage, shard, token, [o.row for o in outcomes])  # type: ignore[misc]
+                self.ledger.write_part(shard, token, [o.row for o in outcomes])  # type: ignore[misc]
             except Exception as exc:
                 for outcome in outcomes:
                     failed = Outcome.failure(outcome.id, exc)

@@ -105,8 +105,8 @@ def create_app(run: RunResults, votes: VoteStore, *, against: RunResults | None 
         shown = pick_run()
         query = GalleryQuery.parse(request.args, shown)
         page = gallery_page(shown, query)
-        for row in page.rows:  # a packed output format records no loose image to show
-            row["viewable"] = shown.image_key(row.get("image_uri")) is not None
+        for row in page.rows:
+            row["viewable"] = shown.viewable(row)
         return render_template(
             "gallery.html", run=shown, run_key=request.args.get("run", "a"), query=query, page=page,
             columns=score_columns(shown), numeric=shown.numeric_columns, targets=distinct(shown, "target"),
@@ -121,13 +121,13 @@ def create_app(run: RunResults, votes: VoteStore, *, against: RunResults | None 
         return render_template(
             "item.html", run=shown, run_key=request.args.get("run", "a"), row=row, columns=score_columns(shown),
             plot=loss_plot(row.get("history") or [], row.get("best_iteration")),
-            has_initial=shown.has_image(row["id"], "initial_image_uri"),
-            has_result=shown.has_image(row["id"], "image_uri"), label=column_label)
+            has_initial=shown.has_image(row["id"], "initial_image"),
+            has_result=shown.has_image(row["id"], "image"), label=column_label)
 
     @app.get("/image")
     def image() -> Response:
-        column = {"result": "image_uri", "initial": "initial_image_uri"}.get(request.args.get("kind", "result"))
-        found = pick_run().image(request.args.get("id", ""), column) if column else None
+        kind = {"result": "image", "initial": "initial_image"}.get(request.args.get("kind", "result"))
+        found = pick_run().image(request.args.get("id", ""), kind) if kind else None
         return _image_response(found)
 
     @app.get("/ab")

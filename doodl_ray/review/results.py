@@ -1,38 +1,34 @@
-"""One run's results, read once into a pyarrow table for review: finished shards plus the parts of open
-shards (an id with several rows keeps its best: ok beats failed beats rejected, then the latest), with each
-score of the `scores` JSON as a numeric column and the prompt category joined from the run's input.
+"""One run's results, read once into a pyarrow table for review: every row the ledger records, one per id
+(jobs.ledger's merge rule), with each score of the `scores` JSON as a numeric column and the prompt category
+joined from the run's input.
 
-Images are reached only through the URIs the rows recorded, and only when such a URI names a key under
-the run's own `images/` prefix, so nothing a reviewer sends (an id, a path) ever becomes a file path."""
+Images come through the ledger in whatever output format the run has: loose files only through the URIs
+the rows recorded under the run's own images, packed ones by the row's key from its shard's container, so
+nothing a reviewer sends (an id, a path) ever becomes a file path."""
 
 from __future__ import annotations
 
-import io
 import json
-import posixpath
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from doodl_ray.errors import InvalidInput
-from doodl_ray.jobs.storage import Storage, check_key
-from doodl_ray.jobs.writer import read_manifest
+from doodl_ray.jobs.ledger import Ledger
+from doodl_ray.jobs.storage import Storage
 
 SCORE_PREFIX = "score:"
 """Column name prefix of a score parsed out of the `scores` JSON (e.g. `score:eval/classifier`)."""
 NUMERIC = ("initial_loss", "final_loss", "best_iteration", "seconds")
 """Result columns a reviewer can sort and filter by, besides the scores."""
-_COLUMNS = ("id", "shard", "status", "image_uri", "initial_image_uri", "prompt", "target", "class_label", "seed",
-            "method", "initial_loss", "final_loss", "best_iteration", "history", "scores", "attempts", "error_type",
-            "error", "seconds", "finished_at")
-_RANK = {"ok": 2, "failed": 1, "rejected": 0}
-_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+_COLUMNS = ("id", "key", "shard", "status", "image_uri", "initial_image_uri", "prompt", "target", "class_label",
+            "seed", "method", "initial_loss", "final_loss", "best_iteration", "history", "scores", "attempts",
+            "error_type", "error", "seconds", "finished_at")
+_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"RIFF", "image/webp"))
 
 
 @dataclass(frozen=True)
@@ -47,37 +43,20 @@ class RunResults:
     """A run's output opened for review. `table` holds one row per item, in shard order."""
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None, category_column: str = "category"):
-        self.storage = Storage(uri, storage_options)
-        manifest = read_manifest(self.storage)
-        if manifest is None:
-            raise InvalidInput(f"{uri} holds no run (no {self.storage.url('manifest.json')})")
-        self.manifest = manifest
-        self.run_id = str(manifest.get("run_id") or uri)
-        spec = manifest.get("spec") or {}
-        recorded = str((spec.get("output") or {}).get("uri") or "").rstrip("/")
-        # the prefixes a recorded image URI may start with: where the run was written, and where it is now
-        self._prefixes = tuple(f"{p}/" for p in {recorded, self.storage.uri} if p)
-        self.table = self._read_rows()
-        self.table = self._parse_scores(self.table)
+        self.ledger = Ledger(Storage(uri, storage_options))
+        self.storage = self.ledger.storage
+        self.manifest = self.ledger.run_manifest()
+        self.run_id = str(self.manifest.get("run_id") or uri)
+        self.finished = self.ledger.finished_shards()
+        table = self.ledger.table(_COLUMNS)
+        if table is None:
+            table = pa.table({c: pa.array([], pa.string()) for c in ("id", "status", "image_uri")})
+        self.table = self._parse_scores(table)
+        spec = self.manifest.get("spec") or {}
         self.table = self._join_category(self.table, spec, storage_options or {}, category_column)
         self._row_of = {item_id: i for i, item_id in enumerate(self.table["id"].to_pylist())}
 
     # ---- reading -----------------------------------------------------------------------------------
-
-    def _read_rows(self) -> pa.Table:
-        keys = self.storage.list("results", ".parquet")
-        done = {posixpath.basename(k).removesuffix(".done.json") for k in self.storage.list("results", ".done.json")}
-        # a finished shard's parts are already merged into its file (and normally deleted)
-        keys = [k for k in keys if "/parts/" not in k or k.split("/")[2] not in done]
-        tables = [self._read_table(k) for k in keys]
-        if not tables:
-            return pa.table({c: pa.array([], pa.string()) for c in ("id", "status", "image_uri")})
-        table = pa.concat_tables(tables, promote_options="default")
-        return _best_per_id(table)
-
-    def _read_table(self, key: str) -> pa.Table:
-        file = pq.ParquetFile(io.BytesIO(self.storage.read_bytes(key)))
-        return file.read(columns=[c for c in _COLUMNS if c in file.schema_arrow.names])
 
     @staticmethod
     def _parse_scores(table: pa.Table) -> pa.Table:
@@ -132,54 +111,17 @@ class RunResults:
         index = self._row_of.get(item_id)
         return None if index is None else self.table.slice(index, 1).to_pylist()[0]
 
-    def image_key(self, uri: str | None) -> str | None:
-        """The storage key of a recorded image URI, or None unless it lies under this run's `images/`."""
-        if not uri:
-            return None
-        for prefix in self._prefixes:
-            if uri.startswith(prefix):
-                key = uri[len(prefix):]
-                try:
-                    check_key(key)
-                except InvalidInput:
-                    return None
-                ext = posixpath.splitext(key)[1].lower()
-                return key if key.startswith("images/") and ext in _IMAGE_TYPES else None
-        return None
+    def viewable(self, row: dict[str, Any], kind: str = "image") -> bool:
+        """Whether the run keeps an image of `kind` for this row (judged from the row, nothing read)."""
+        return self.ledger.holds_image(row, kind, self.finished)
 
-    def image(self, item_id: str, column: str = "image_uri") -> Image | None:
-        """The image an item's row records in `column` (image_uri or initial_image_uri), or None."""
+    def image(self, item_id: str, kind: str = "image") -> Image | None:
+        """An item's image of `kind` (image or initial_image), or None."""
         row = self.row(item_id)
-        key = self.image_key(row.get(column)) if row else None
-        if key is None:
+        data = self.ledger.image(row, kind, self.finished) if row else None
+        if data is None:
             return None
-        try:
-            data = self.storage.read_bytes(key)
-        except FileNotFoundError:
-            return None
-        return Image(data, _IMAGE_TYPES[posixpath.splitext(key)[1].lower()])
+        return Image(data, next((mime for magic, mime in _MAGIC if data.startswith(magic)), "application/octet-stream"))
 
-    def has_image(self, item_id: str, column: str) -> bool:
-        row = self.row(item_id)
-        key = self.image_key(row.get(column)) if row else None
-        return key is not None and self.storage.exists(key)
-
-
-def _best_per_id(table: pa.Table) -> pa.Table:
-    """One row per id: where parts recorded an id twice, ok beats failed beats rejected, then the latest."""
-    counts = pc.value_counts(table["id"])
-    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-    if len(repeated) == 0:
-        return table
-    ids = table["id"].to_pylist()
-    statuses = table["status"].to_pylist()
-    finished = table["finished_at"].to_pylist() if "finished_at" in table.column_names else [None] * len(ids)
-    best: dict[str, int] = {}
-    for i in np.flatnonzero(pc.is_in(table["id"], value_set=repeated).to_numpy(zero_copy_only=False)):
-        key = (_RANK.get(statuses[i], -1), finished[i] is not None, finished[i] or 0)
-        j = best.get(ids[i])
-        if j is None or key >= (_RANK.get(statuses[j], -1), finished[j] is not None, finished[j] or 0):
-            best[ids[i]] = int(i)
-    keep = pc.invert(pc.is_in(table["id"], value_set=repeated)).to_numpy(zero_copy_only=False)
-    keep[list(best.values())] = True
-    return table.filter(pa.array(keep))
+    def has_image(self, item_id: str, kind: str) -> bool:
+        return self.image(item_id, kind) is not None

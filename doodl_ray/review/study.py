@@ -40,8 +40,7 @@ class Study:
         self.names = (a.storage.uri if same_name else a.run_id, b.storage.uri if same_name else b.run_id)
         self.pairs = sorted(set(_viewable(a)) & set(_viewable(b)))
         if not self.pairs:
-            raise InvalidInput(f"{a.storage.uri} and {b.storage.uri} share no item that is ok with an image in both "
-                               "(review shows the files output format's images)")
+            raise InvalidInput(f"{a.storage.uri} and {b.storage.uri} share no item that is ok with an image in both")
         self._pair_set = set(self.pairs)
         self._voted: dict[str, set[str]] = {}  # reviewer -> pairs voted (stored, or being written now)
         self._lock = threading.Lock()
@@ -103,6 +102,7 @@ class Study:
 
 
 def _viewable(run: RunResults) -> list[str]:
-    """Ids of a run's ok rows whose recorded image lies under the run's own images/."""
+    """Ids of a run's ok rows whose image the run keeps."""
     table = run.table.filter(pc.equal(run.table["status"], "ok"))
-    return [i for i, uri in zip(table["id"].to_pylist(), table["image_uri"].to_pylist()) if run.image_key(uri)]
+    return [row["id"] for row in table.select([c for c in ("id", "key", "shard", "status", "image_uri")
+                                                if c in table.column_names]).to_pylist() if run.viewable(row)]

@@ -1,34 +1,22 @@
-"""The ledger and everything that writes it.
+"""A result row: its columns (the same in every output format) and how each outcome becomes one.
 
-    OUTPUT/results/parts/shard-NNNNN/<token>.parquet  results of one batch, written as soon as it finishes
-    OUTPUT/results/shard-NNNNN.parquet             a finished shard's rows (parts merged, one row per input row)
-    OUTPUT/results/shard-NNNNN.done.json           the shard's done marker and stats (written last)
-    OUTPUT/manifest.json                           spec, versions, start/end, totals
-    (+ the images, laid out by the output format: jobs.formats)
-
-Parts make finished work durable the moment a worker has it, so a driver killed at any point loses at
-most the batches in flight; the done marker is written only after the shard's images are packed and its
-shard file is written, so a marker always means a complete shard."""
+Every input row ends as exactly one result row: `ok` (the worker's result, its scores, compute and
+provenance), `failed` (attempts spent, or a permanent error) or `rejected` (never dispatched). Where rows
+live and how they are merged is the ledger's business (jobs.ledger)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
-import json
+import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from doodl_ray.jobs.reader import JobItem, RejectedRow
-from doodl_ray.jobs.storage import Storage
 
-if TYPE_CHECKING:
-    from doodl_ray.jobs.formats import OutputFormat, Samples
-
-MANIFEST = "manifest.json"
 STATUSES = ("ok", "failed", "rejected")
 
 RESULT_SCHEMA = pa.schema([
@@ -113,73 +101,22 @@ def rejected_row(row: RejectedRow, context: RowContext) -> dict[str, Any]:
     }
 
 
-def shard_key(shard: int) -> str:
-    return f"results/shard-{shard:05d}.parquet"
-
-
-def marker_key(shard: int) -> str:
-    return f"results/shard-{shard:05d}.done.json"
-
-
-def parts_prefix(shard: int) -> str:
-    return f"results/parts/shard-{shard:05d}"
-
-
-def ids_hash(ids: Iterable[str | None]) -> str:
-    """Fingerprint of a shard's composition: a marker only counts for the same rows. Ids are joined by
-    newlines, with backslashes and newlines in them escaped (ids without either hash as they always did)."""
-    text = "\n".join(str(i).replace("\\", "\\\\").replace("\n", "\\n") for i in ids)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def to_parquet(rows: list[dict[str, Any]]) -> bytes:
+    """Rows as a Parquet file of the result schema."""
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), buffer)
     return buffer.getvalue()
 
 
-def read_rows(storage: Storage, key: str) -> list[dict[str, Any]]:
-    """A ledger file's rows. Runs from before storage keys existed named an item's files by its id."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(key)))
-    rows = table.to_pylist()
-    if "key" not in table.column_names:
-        for row in rows:
-            row["key"] = row["id"]
-    return rows
+def json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row as strict JSON: timestamps in ISO 8601, non-finite floats as null."""
+    def value(v: Any) -> Any:
+        if isinstance(v, dt.datetime):
+            return v.isoformat()
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, list):
+            return [value(x) for x in v]
+        return v
 
-
-def write_part(storage: Storage, shard: int, token: str, rows: list[dict[str, Any]]) -> None:
-    """Persist one batch's finished rows for a shard (worker side)."""
-    storage.write_bytes(f"{parts_prefix(shard)}/{token}.parquet", to_parquet(rows))
-
-
-def finalize_shard(storage: Storage, output_format: "OutputFormat", shard: int, rows: list[dict[str, Any]],
-                   shard_ids_hash: str, spec_hash: str, samples: Optional["Samples"] = None) -> dict:
-    """Pack the shard's images (from `samples`, or what the workers staged), write its results, then its
-    done marker, then drop its parts and staging. Returns the marker."""
-    rows = output_format.pack(storage, shard, rows, samples)
-    storage.write_bytes(shard_key(shard), to_parquet(rows))
-    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-    marker = {"shard": shard, "rows": len(rows), **counts, "ids_hash": shard_ids_hash, "spec_hash": spec_hash,
-              "format": output_format.name, "finished_at": now().isoformat()}
-    storage.write_bytes(marker_key(shard), json.dumps(marker).encode())
-    storage.delete_prefix(parts_prefix(shard))
-    output_format.cleanup(storage, shard)
-    return marker
-
-
-def write_manifest(storage: Storage, manifest: dict[str, Any]) -> None:
-    storage.write_bytes(MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
-
-
-def manifest_format(manifest: dict[str, Any]) -> str:
-    """The output format a run was written in (runs from before formats existed wrote files)."""
-    return manifest.get("spec", {}).get("output", {}).get("format", "files")
-
-
-def read_manifest(storage: Storage) -> dict[str, Any] | None:
-    """The run manifest, or None when the output holds no run yet."""
-    try:
-        return json.loads(storage.read_bytes(MANIFEST))
-    except FileNotFoundError:
-        return None
+    return {k: value(v) for k, v in row.items()}
