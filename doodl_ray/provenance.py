@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import fsspec
+import pyarrow as pa
 
 import doodl_ray
 from doodl_ray.fetch import is_remote
@@ -32,6 +33,20 @@ FILE_FIELDS = ("model", "weights", "pretrained", "labels")
 hash covers; a list of labels is class names, not files)."""
 FILE_LIST_FIELDS = ("references",)
 HUB_PREFIXES = ("hf:", "timm:hf-hub:")  # a hub id behind a library prefix
+
+
+_IDENTITY = pa.struct([("ref", pa.string()), ("sha256", pa.string()), ("revision", pa.string())])
+_GUIDANCE = pa.struct([("spec_sha256", pa.string()), ("files", pa.list_(_IDENTITY))])
+PROVENANCE_TYPE = pa.struct([
+    ("model", _IDENTITY),
+    ("guidance", _GUIDANCE),
+    ("evaluation", _GUIDANCE),
+    ("method", pa.struct([("name", pa.string()), ("settings_sha256", pa.string())])),
+    ("runtime", pa.struct([("code_version", pa.string()), ("torch", pa.string()), ("device", pa.string()),
+                           ("dtype", pa.string())])),
+])
+"""`describe`'s record as a Parquet struct column (a processor's own record keeps the fields it shares with
+it; its fingerprint, `provenance_hash`, covers all of it)."""
 
 
 def code_version() -> str:

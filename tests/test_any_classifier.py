@@ -76,8 +76,8 @@ def test_a_job_with_a_plain_classifier_and_a_misfit_refused_before_actors(ray_se
 
     summary = run_job(spec(_save(tmp_path / "plain.pt", 1, 16), "ok"), progress=False)
     assert (summary.ok, summary.failed, summary.rejected) == (3, 0, 0)
-    rows = pq.read_table(tmp_path / "ok" / "results" / "shard-00000.parquet").to_pylist()
-    assert [json.loads(r["compute"])["unet_evals"] for r in rows] == [24, 24, 24]
+    rows = pq.read_table(tmp_path / "ok" / "results" / "shard-00000.parquet").to_pylist(maps_as_pydicts="strict")
+    assert [r["compute"]["unet_evals"] for r in rows] == [24, 24, 24]
     with pytest.raises(DoodlError, match="1x16x16") as refused:
         preflight(spec(_save(tmp_path / "misfit.pt", 3, 32), "misfit"))
     assert "\n" not in str(refused.value)

@@ -26,7 +26,7 @@ def read_results(fs, prefix: str) -> list[dict]:
     fs.invalidate_cache()
     rows = []
     for path in sorted(fs.glob(f"{prefix}/results/shard-*.parquet")):
-        rows += pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist()
+        rows += pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist(maps_as_pydicts="strict")
     return rows
 
 
@@ -82,8 +82,7 @@ def test_tiny_model_job_on_s3(ray_session, s3_endpoint, tmp_path: Path):
         assert row["status"] == "ok" and row["attempts"] == 1 and len(row["history"]) >= 2
         assert row["image_uri"] == f"s3://{bucket}/out/images/{row['key']}.png"
         assert Image.open(io.BytesIO(fs.cat_file(row["image_uri"]))).size == (16, 16)
-        scores = json.loads(row["scores"])
-        assert set(scores) == {"guide/classifier", "eval/classifier", "eval_initial/classifier"}
+        assert set(row["scores"]) == {"guide/classifier", "eval/classifier", "eval_initial/classifier"}
     keys = fs.find(bucket)  # the id "../../escape" is an image under out/images/ like any other
     assert all(k.startswith((f"{bucket}/out/", f"{bucket}/in/", f"{bucket}/models/")) for k in keys)
     assert by_id["../../escape"]["image_uri"].startswith(f"s3://{bucket}/out/images/escape~")

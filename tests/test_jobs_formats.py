@@ -48,6 +48,7 @@ def digits_spec(input_uri: str, output_uri: str, fmt: str) -> dict:
         "run_id": "formats", "model": str(DIGITS / "balanced"), "seed": 3,
         "input": {"uri": input_uri, "columns": {"id": "id", "target": "target", "prompt": "prompt"}},
         "guidance": {"type": "classifier", "model": str(DIGITS / "guide.pt"), "crops": {"count": 1}},
+        "evaluation": {"type": "classifier", "model": str(DIGITS / "judge.pt")},
         "method": {"name": "doodl", "sampler": {"steps": 8}, "doodl": {"iterations": 1, "optimizer": "normalized"}},
         "output": {"uri": output_uri, "shard_size": 5, "format": fmt},
         "resources": {"actors": 2, "gpus_per_actor": 1, "batch_size": 2},
@@ -71,7 +72,8 @@ def runs(ray_session, tmp_path_factory) -> dict[str, Path]:
 
 
 def ledger(output: Path) -> dict[str, dict]:
-    rows = [r for path in sorted(output.glob("results/shard-*.parquet")) for r in pq.read_table(path).to_pylist()]
+    rows = [r for path in sorted(output.glob("results/shard-*.parquet"))
+            for r in pq.read_table(path).to_pylist(maps_as_pydicts="strict")]
     assert len(rows) == len(IDS) + len(MISSING)  # each input row once
     assert sorted(r["id"] for r in rows if r["id"]) == sorted(IDS)
     assert [r["error"] for r in rows if not r["id"]] == ["missing id"] * len(MISSING)
@@ -95,10 +97,25 @@ def test_files_layout_rows_and_images(runs):
         assert row["image_uri"] == str(runs["files"] / "images" / f"{row['key']}.png")
         assert row["initial_image_uri"] == str(runs["files"] / "images" / f"{row['key']}.initial.png")
         assert pixels(Path(row["image_uri"]).read_bytes()).shape == (16, 16)
-        compute = json.loads(row["compute"])
+        compute = row["compute"]  # a map column: no JSON to parse
         assert len(row["noise_hash"]) == 64 and all(isinstance(n, int) for n in compute.values())
         assert sum(compute.values()) > 0
     assert not list(runs["files"].glob("staging")) and not list(runs["files"].rglob(".tmp-*"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_ledger_columns_are_typed_for_duckdb(runs, fmt):
+    """Scores and compute are map columns, history a list, provenance a struct: DuckDB asks without JSON."""
+    import duckdb
+
+    ledger_files, rows = f"read_parquet('{runs[fmt] / 'results' / '*.parquet'}')", ledger(runs[fmt])
+    (mean,) = duckdb.sql(f"SELECT avg(compute['unet_evals']) FROM {ledger_files} WHERE status = 'ok'").fetchone()
+    assert mean == pytest.approx(sum(r["compute"]["unet_evals"] for r in rows.values()) / len(rows)) and mean > 0
+    sure = duckdb.sql(f"SELECT id FROM {ledger_files} WHERE scores['eval/classifier'] > 0.9").fetchall()
+    assert sorted(i for (i,) in sure) == sorted(i for i, r in rows.items() if r["scores"]["eval/classifier"] > 0.9)
+    (steps,) = duckdb.sql(f"SELECT max(len(history)) FROM {ledger_files} WHERE provenance.method.name = 'doodl'"
+                          ).fetchone()
+    assert steps == max(len(r["history"]) for r in rows.values())
 
 
 def test_webdataset_reads_back_with_webdataset_and_tarfile(runs):
@@ -145,10 +162,11 @@ def test_same_spec_and_seed_give_identical_provenance_and_images(runs):
     for item_id in IDS:
         first = {k: rows["files"][item_id][k] for k in SAME_EVERY_RUN}
         assert all({k: rows[fmt][item_id][k] for k in SAME_EVERY_RUN} == first for fmt in FORMATS)
-    setup = json.loads(rows["files"][IDS[0]]["provenance"])
-    assert setup["model"] == {"ref": str(DIGITS / "balanced"), "sha256": identity(str(DIGITS / "balanced"))["sha256"]}
+    setup = rows["files"][IDS[0]]["provenance"]  # a struct column
+    assert setup["model"] == {"ref": str(DIGITS / "balanced"), "sha256": identity(str(DIGITS / "balanced"))["sha256"],
+                              "revision": None}
     guide = hashlib.sha256((DIGITS / "guide.pt").read_bytes()).hexdigest()
-    assert setup["guidance"]["files"] == [{"ref": str(DIGITS / "guide.pt"), "sha256": guide}]
+    assert setup["guidance"]["files"] == [{"ref": str(DIGITS / "guide.pt"), "sha256": guide, "revision": None}]
     assert setup["method"]["name"] == "doodl" and setup["runtime"]["device"] == "cpu"
     assert len({r["provenance_hash"] for r in rows["files"].values()}) == 1
     assert len({r["noise_hash"] for r in rows["files"].values()}) == len(IDS)  # seeds differ per id

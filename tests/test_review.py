@@ -68,8 +68,7 @@ def result_row(uri: str, index: int, item_id: str, *, status: str = "ok", score:
     row = {"id": item_id, "shard": 0, "status": status, "target": str(index % 3), "prompt": f"prompt {index}",
            "seed": index, "method": "doodl", "initial_loss": 2.0 + index, "final_loss": 1.0 / (index + 1),
            "best_iteration": index % 4, "history": [2.0 + index, 1.5, 1.0 / (index + 1)],
-           "scores": json.dumps({"guide/classifier": score, "eval/classifier": score / 2,
-                                 "eval_initial/classifier": score / 4}),
+           "scores": {"guide/classifier": score, "eval/classifier": score / 2, "eval_initial/classifier": score / 4},
            "image_uri": f"{uri}/images/img-{index}.png" if image and status == "ok" else None,
            "finished_at": dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)}
     if status != "ok":

@@ -186,12 +186,15 @@ def _member(name: str) -> tuple[str, Optional[str]]:
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 """The Arrow storage of Hugging Face datasets' Image feature."""
 
+ROW_SCHEMA = pa.schema(list(RESULT_SCHEMA) + [pa.field(kind, IMAGE_STRUCT) for kind in KINDS])
 DATA_SCHEMA = pa.schema(
-    list(RESULT_SCHEMA) + [pa.field(kind, IMAGE_STRUCT) for kind in KINDS],
+    [pa.field(f.name, pa.list_(pa.struct([("key", f.type.key_type), ("value", f.type.item_type)])))
+     if pa.types.is_map(f.type) else f for f in ROW_SCHEMA],
     metadata={"huggingface": json.dumps({"info": {"features": {kind: {"_type": "Image"} for kind in KINDS}}})},
 )
 """A packed Parquet shard: the ledger's columns plus the images; the metadata tells `datasets` to decode them
-(columns it does not name keep the types Arrow gives them)."""
+(columns it does not name keep the types Arrow gives them). `datasets` has no map feature, so each map column
+(scores, terms, compute) is stored as its entries, a list of {key, value} structs, as Arrow lays a map out."""
 
 
 class ParquetFormat(PackedFormat):
@@ -206,7 +209,7 @@ class ParquetFormat(PackedFormat):
             for group in chunks(samples, self.rows_per_group):
                 rows = [{**row, **{kind: {"bytes": images[kind], "path": f"{row['key']}.{KINDS[kind]}"}
                                    if kind in images else None for kind in KINDS}} for row, images in group]
-                writer.write_table(pa.Table.from_pylist(rows, schema=DATA_SCHEMA))
+                writer.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA).cast(DATA_SCHEMA))
 
     def samples(self, storage: Storage, shard: int, rows: list[dict[str, Any]]) -> Samples:
         with storage.open(self.location(shard)) as f:

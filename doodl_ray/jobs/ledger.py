@@ -36,7 +36,7 @@ from doodl_ray.errors import DoodlError, InvalidInput
 from doodl_ray.jobs.formats import FORMATS, KINDS, ImageLookup, Images, Matched, OutputFormat, Samples, output_format, \
     read_loose
 from doodl_ray.jobs.reader import InputPlan
-from doodl_ray.jobs.rows import STATUSES, now, to_parquet
+from doodl_ray.jobs.rows import STATUSES, as_kept, now, to_parquet, typed
 from doodl_ray.jobs.storage import Storage, check_key
 
 MANIFEST = "manifest.json"
@@ -156,17 +156,18 @@ class Ledger:
                 for k in self.storage.list("results", ".done.json") if "/parts/" not in k}
 
     def read_table(self, key: str, columns: Optional[Iterable[str]] = None) -> pa.Table:
-        """A results file's rows (only `columns` that it has, when given). Runs from before storage keys
-        existed named an item's files by its id."""
+        """A results file's rows (only `columns` that it has, when given), typed as this release writes them:
+        runs from before storage keys existed named an item's files by its id, and earlier releases kept
+        scores, terms, compute and provenance as JSON text."""
         file = pq.ParquetFile(io.BytesIO(self.storage.read_bytes(key)))
         names = file.schema_arrow.names
         table = file.read(columns=None if columns is None else [c for c in columns if c in names])
         if "key" not in names and (columns is None or "key" in columns):
             table = table.append_column("key", table["id"])
-        return table
+        return typed(table)
 
     def read_rows(self, key: str) -> list[dict[str, Any]]:
-        return self.read_table(key).to_pylist()
+        return self.read_table(key).to_pylist(maps_as_pydicts="strict")
 
     def _merged(self, keys: list[str], columns: Optional[Iterable[str]] = None) -> Optional[pa.Table]:
         """The rows of these results files, one per id by the merge rule; None when there are none."""
@@ -200,8 +201,8 @@ class Ledger:
                 raise InvalidInput(f"{key}: {changed}")
             tables.append(table)
         if tables:
-            state.rows = {r["id"]: r for r in best_per_id(pa.concat_tables(tables, promote_options="default"))
-                          .to_pylist()}
+            merged = best_per_id(pa.concat_tables(tables, promote_options="default"))
+            state.rows = {r["id"]: r for r in merged.to_pylist(maps_as_pydicts="strict")}
         return state
 
     def counts(self) -> dict[str, Any]:
@@ -309,8 +310,9 @@ class Ledger:
     def finalize_shard(self, shard: int, rows: list[dict[str, Any]], shard_ids_hash: str, spec_hash: str,
                        samples: Optional[Samples] = None) -> dict[str, Any]:
         """Pack the shard's images (from `samples`, or what the workers wrote), write its results, then its
-        done marker, then drop its parts and staging. Returns the marker."""
-        rows = self._pack(shard, rows, samples)
+        done marker, then drop its parts and staging. Returns the marker. Every format sees the rows as the
+        ledger keeps them (through the result schema), so a sample's JSON and the ledger's row agree."""
+        rows = self._pack(shard, as_kept(rows), samples)
         self.storage.write_bytes(shard_key(shard), to_parquet(rows))
         counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
         marker = {"shard": shard, "rows": len(rows), **counts, "ids_hash": shard_ids_hash, "spec_hash": spec_hash,

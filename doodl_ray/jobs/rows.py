@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,8 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from doodl_ray.jobs.reader import JobItem, RejectedRow
+from doodl_ray.provenance import PROVENANCE_TYPE
 
 STATUSES = ("ok", "failed", "rejected")
+SCORES_TYPE = pa.map_(pa.string(), pa.float64())
+COUNTS_TYPE = pa.map_(pa.string(), pa.int64())
 
 RESULT_SCHEMA = pa.schema([
     ("id", pa.string()),  # as the input has it
@@ -37,8 +41,8 @@ RESULT_SCHEMA = pa.schema([
     ("final_loss", pa.float64()),  # of the returned (best) iterate
     ("best_iteration", pa.int32()),
     ("history", pa.list_(pa.float64())),  # loss per iteration
-    ("terms", pa.string()),  # JSON: final per-term losses
-    ("scores", pa.string()),  # JSON: readable scores, guide/* and, with an evaluation model, eval/*, eval_initial/*
+    ("terms", SCORES_TYPE),  # final per-term losses
+    ("scores", SCORES_TYPE),  # readable scores, guide/* and, with an evaluation model, eval/*, eval_initial/*
     ("attempts", pa.int32()),
     ("error_type", pa.string()),
     ("error", pa.string()),
@@ -46,12 +50,12 @@ RESULT_SCHEMA = pa.schema([
     ("finished_at", pa.timestamp("ms", tz="UTC")),
     ("seconds", pa.float64()),  # engine time for the item
     ("gpu_seconds", pa.float64()),  # the item's share of its batch's wall time, times GPUs per actor
-    ("compute", pa.string()),  # JSON: model evaluations the item cost, e.g. {"unet_forward": 240, "guide_vjp": 8}
+    ("compute", COUNTS_TYPE),  # model evaluations the item cost, e.g. {"unet_forward": 240, "unet_evals": 240}
     ("worker", pa.string()),
     ("session", pa.string()),  # which driver invocation computed it
     ("model", pa.string()),
     ("code_version", pa.string()),
-    ("provenance", pa.string()),  # JSON: the worker's setup (doodl_ray.provenance): model, guidance, method, code
+    ("provenance", PROVENANCE_TYPE),  # the worker's setup (doodl_ray.provenance): model, guidance, method, code
     ("provenance_hash", pa.string()),  # its hash: rows with equal hashes came from the same setup
     ("spec_hash", pa.string()),
 ])
@@ -99,6 +103,24 @@ def rejected_row(row: RejectedRow, context: RowContext) -> dict[str, Any]:
         "prompt": row.prompt, "target": _target_text(row.target), "seed": row.seed, "attempts": 0,
         "error_type": "InvalidInput", "error": row.error, **asdict(context),
     }
+
+
+TYPED = {f.name: f.type for f in RESULT_SCHEMA if f.name in ("terms", "scores", "compute", "provenance")}
+"""Columns that ledgers of earlier releases kept as JSON text."""
+
+
+def typed(table: pa.Table) -> pa.Table:
+    """A ledger table with the JSON-text columns of earlier releases parsed into their types."""
+    for name, kind in TYPED.items():
+        if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
+            values = [json.loads(v) if v else None for v in table[name].to_pylist()]
+            table = table.set_column(table.column_names.index(name), name, pa.array(values, kind))
+    return table
+
+
+def as_kept(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as the ledger gives them back: the result schema's columns, each value in its column's type."""
+    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA).to_pylist(maps_as_pydicts="strict")
 
 
 def to_parquet(rows: list[dict[str, Any]]) -> bytes:

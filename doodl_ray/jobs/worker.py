@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import json
 import os
 import socket
 import time
@@ -171,8 +170,7 @@ class JobWorker:
         model_options = spec.storage.fsspec_options("s3://")  # models and reference images may live on S3
         self.processor = build_processor(spec, model_options, max(1, int(spec.resources.cpus_per_actor)))
         setup = getattr(self.processor, "provenance", None)
-        self.setup = {"provenance": json.dumps(setup, sort_keys=True) if setup else None,
-                      "provenance_hash": fingerprint(setup) if setup else None}
+        self.setup = {"provenance": setup or None, "provenance_hash": fingerprint(setup) if setup else None}
 
     def ready(self) -> str:
         """Answers once the constructor (model loading) has finished."""
@@ -206,12 +204,12 @@ class JobWorker:
             row.update(
                 **uris, initial_loss=float(result.initial_loss), final_loss=float(result.final_loss),
                 best_iteration=int(result.best_iteration), history=[float(v) for v in result.history],
-                terms=json.dumps({k: float(v) for k, v in result.terms.items()}),
-                scores=json.dumps({k: float(v) for k, v in result.scores.items()}), started_at=started,
+                terms={k: float(v) for k, v in result.terms.items()},
+                scores={k: float(v) for k, v in result.scores.items()}, started_at=started,
                 finished_at=now(), seconds=float(result.seconds), worker=self.name,
                 gpu_seconds=share * self.spec.resources.gpus_per_actor,
                 noise_hash=getattr(result, "noise_hash", None) or None,
-                compute=json.dumps({k: int(v) for k, v in compute.items()}, sort_keys=True) if compute else None,
+                compute={k: int(v) for k, v in sorted(compute.items())} if compute else None,
                 **self.setup,
             )
             outcomes[item.id] = Outcome(item.id, row=row)

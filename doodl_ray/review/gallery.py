@@ -100,8 +100,8 @@ def gallery_page(run: RunResults, query: GalleryQuery) -> Page:
         rows = matched.take(indices[start:start + query.per_page])
     else:
         rows = matched.slice(start, query.per_page)
-    return Page(rows.drop_columns([c for c in ("history",) if c in rows.column_names]).to_pylist(),
-                table.num_rows, matched.num_rows, page, pages)
+    shown = rows.drop_columns([c for c in ("history",) if c in rows.column_names])
+    return Page(shown.to_pylist(maps_as_pydicts="strict"), table.num_rows, matched.num_rows, page, pages)
 
 
 def _and(mask: pa.ChunkedArray | None, condition: pa.ChunkedArray) -> pa.ChunkedArray:

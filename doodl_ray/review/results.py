@@ -1,5 +1,5 @@
 """One run's results, read once into a pyarrow table for review: every row the ledger records, one per id
-(jobs.ledger's merge rule), with each score of the `scores` JSON as a numeric column and the prompt category
+(jobs.ledger's merge rule), with each score of the `scores` map as a numeric column and the prompt category
 joined from the run's input.
 
 Images come through the ledger in whatever output format the run has: loose files only through the URIs
@@ -8,7 +8,6 @@ nothing a reviewer sends (an id, a path) ever becomes a file path."""
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from doodl_ray.jobs.ledger import Ledger
 from doodl_ray.jobs.storage import Storage
 
 SCORE_PREFIX = "score:"
-"""Column name prefix of a score parsed out of the `scores` JSON (e.g. `score:eval/classifier`)."""
+"""Column name prefix of a score taken out of the `scores` map (e.g. `score:eval/classifier`)."""
 NUMERIC = ("initial_loss", "final_loss", "best_iteration", "seconds")
 """Result columns a reviewer can sort and filter by, besides the scores."""
 _COLUMNS = ("id", "key", "shard", "status", "image_uri", "initial_image_uri", "prompt", "target", "class_label",
@@ -51,7 +50,7 @@ class RunResults:
         table = self.ledger.table(_COLUMNS)
         if table is None:
             table = pa.table({c: pa.array([], pa.string()) for c in ("id", "status", "image_uri")})
-        self.table = self._parse_scores(table)
+        self.table = self._score_columns(table)
         spec = self.manifest.get("spec") or {}
         self.table = self._join_category(self.table, spec, storage_options or {}, category_column)
         self._row_of = {item_id: i for i, item_id in enumerate(self.table["id"].to_pylist())}
@@ -59,15 +58,14 @@ class RunResults:
     # ---- reading -----------------------------------------------------------------------------------
 
     @staticmethod
-    def _parse_scores(table: pa.Table) -> pa.Table:
-        """Each key of the `scores` JSON as a float column `score:<key>` (null where a row lacks it)."""
+    def _score_columns(table: pa.Table) -> pa.Table:
+        """Each key of the `scores` map as a float column `score:<key>` (null where a row lacks it)."""
         if "scores" not in table.column_names:
             return table
-        parsed = [json.loads(s) if s else {} for s in table["scores"].to_pylist()]
-        names = sorted({k for row in parsed for k in row})
+        keys = [chunk.keys for chunk in table["scores"].chunks]
+        names = sorted(pc.unique(pa.chunked_array(keys, pa.string())).to_pylist())
         for name in names:
-            values = [row.get(name) for row in parsed]
-            table = table.append_column(SCORE_PREFIX + name, pa.array(values, pa.float64()))
+            table = table.append_column(SCORE_PREFIX + name, pc.map_lookup(table["scores"], name, "first"))
         return table
 
     def _join_category(self, table: pa.Table, spec: dict, options: dict, column: str) -> pa.Table:
@@ -109,7 +107,7 @@ class RunResults:
     def row(self, item_id: str) -> dict[str, Any] | None:
         """An item's row, or None for an id the run does not have."""
         index = self._row_of.get(item_id)
-        return None if index is None else self.table.slice(index, 1).to_pylist()[0]
+        return None if index is None else self.table.slice(index, 1).to_pylist(maps_as_pydicts="strict")[0]
 
     def viewable(self, row: dict[str, Any], kind: str = "image") -> bool:
         """Whether the run keeps an image of `kind` for this row (judged from the row, nothing read)."""
