@@ -20,6 +20,7 @@ demo: install
 	$(BIN)/doodl-ray sheet out/digits-demo --out out/digits-demo/contact-sheet.png
 
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q tests
 
 bench: install

@@ -28,10 +28,6 @@ import pyarrow as pa
 import doodl_ray
 from doodl_ray.fetch import is_remote
 
-FILE_FIELDS = ("model", "weights", "pretrained", "labels")
-"""Guidance spec fields whose text value may name a file (other values are names or numbers, which the spec
-hash covers; a list of labels is class names, not files)."""
-FILE_LIST_FIELDS = ("references",)
 HUB_PREFIXES = ("hf:", "timm:hf-hub:")  # a hub id behind a library prefix
 
 
@@ -116,29 +112,13 @@ def identity(ref: str, storage_options: dict[str, Any] | None = None) -> dict[st
     return {"ref": ref, "revision": revision} if revision else {"ref": ref}
 
 
-def _named_files(data: Any) -> list[str]:
-    """The values of FILE_FIELDS and FILE_LIST_FIELDS anywhere in a guidance spec's JSON."""
-    if isinstance(data, list):
-        return [ref for value in data for ref in _named_files(value)]
-    if not isinstance(data, dict):
-        return []
-    found = []
-    for field, value in data.items():
-        if field in FILE_FIELDS and isinstance(value, str):
-            found.append(value)
-        elif field in FILE_LIST_FIELDS and isinstance(value, list):
-            found += [v for v in value if isinstance(v, str)]
-        else:
-            found += _named_files(value)
-    return found
-
-
 def guidance_identity(config: Any, storage_options: dict[str, Any] | None = None) -> Optional[dict[str, Any]]:
-    """A guidance spec's hash and the identity of each file it names that resolves to contents."""
+    """A guidance spec's hash and the identity of each file it names (its type's `files()`) that resolves to
+    contents."""
     if config is None:
         return None
     data = config.model_dump(mode="json")
-    files = [identity(ref, storage_options) for ref in dict.fromkeys(_named_files(data))]
+    files = [identity(ref, storage_options) for ref in dict.fromkeys(config.files())]
     return {"spec_sha256": json_hash(data), "files": [f for f in files if len(f) > 1]}
 
 

@@ -55,14 +55,14 @@ def test_guidance_spec_file_errors(tmp_path):
 
 
 def test_only_classifier_targets_need_the_model_to_validate():
-    from doodl_ray.guidance.spec import needs_model_to_validate, parse_guidance_config
+    from doodl_ray.guidance.spec import parse_guidance_config
 
     clip = {"type": "clip-text", "models": [{"model": "ViT-B-32", "pretrained": "openai"}]}
     classifier = {"type": "classifier", "model": "timm:resnet18", "num_classes": 10, "weights": "w.safetensors"}
-    assert not needs_model_to_validate(parse_guidance_config(clip))
-    assert needs_model_to_validate(parse_guidance_config(classifier))
+    assert not parse_guidance_config(clip).needs_model_to_validate()
+    assert parse_guidance_config(classifier).needs_model_to_validate()
     mixed = {"type": "combination", "terms": [{"weight": 1, "guidance": clip}, {"weight": 1, "guidance": classifier}]}
-    assert needs_model_to_validate(parse_guidance_config(mixed))
+    assert parse_guidance_config(mixed).needs_model_to_validate()
 
 
 HUB_CLIP = "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"

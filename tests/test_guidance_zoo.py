@@ -129,20 +129,18 @@ def test_labels_are_the_models_own_or_the_specs(tmp_path):
 
 
 def test_labels_from_a_bundled_set_or_a_label_file(tmp_path):
-    from doodl_ray.guidance.spec import static_labels
-
     cub = parse_guidance_config({"type": "classifier", "model": "timm:test_resnet", "labels": "cub-200",
                                  "weights": str(save_timm(tmp_path / "cub.safetensors", classes=200))})  # fmt: skip
-    assert len(static_labels(cub)) == 200 and static_labels(cub)[0] == "Black-footed Albatross"
+    assert len(cub.static_labels()) == 200 and cub.static_labels()[0] == "Black-footed Albatross"
     assert build_guidance(cub).validate_target("laysan albatross") == 1
     with pytest.raises(InvalidInput, match="200 labels for 10 classes"):
         parse_guidance_config({"type": "classifier", "model": "timm:test_resnet", "labels": "cub-200", "num_classes": 10})
     (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
     listed = parse_guidance_config({"type": "classifier", "model": "x.pt", "labels": str(tmp_path / "labels.txt")})
-    assert static_labels(listed) == ["red", "green", "blue"]
+    assert listed.static_labels() == ["red", "green", "blue"]
     fsspec.filesystem("memory").pipe("/labels/colours.txt", b"red\ngreen\nblue\n")
     remote = parse_guidance_config({"type": "classifier", "model": "x.pt", "labels": "memory://labels/colours.txt"})
-    assert static_labels(remote) is None  # remote storage is not read without the model's own loading
+    assert remote.static_labels() is None  # remote storage is not read without the model's own loading
     (tmp_path / "gappy.txt").write_text("red\n\nblue\n")
     for bad, match in (("gappy.txt", "line 2 is empty"), ("cub200", "not a bundled label set")):
         config = parse_guidance_config({"type": "classifier", "model": "timm:test_resnet", "labels": str(tmp_path / bad)})

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from doodl_ray.errors import InvalidInput
+from doodl_ray.ordering import natural_key
 from doodl_ray.jobs.spec import StorageConfig
 
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     for field in (args.columns, args.rows):
         if field is not None and field not in rows[0]:
             raise InvalidInput(f"results have no field {field!r}; fields: {', '.join(sorted(rows[0]))}")
-    columns = sorted({r[args.columns] for r in rows}, key=_natural)
+    columns = sorted({r[args.columns] for r in rows}, key=natural_key)
     cells: dict[tuple[object, object], dict] = {}  # (row value, column value) -> result row
     rank: dict[object, int] = {}
     for r in sorted(rows, key=lambda r: r["id"]):
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             rank[column] = row = rank.get(column, 0) + 1
         cells[(row, column)] = r
-    row_values = sorted({row for row, _ in cells}, key=_natural)[: args.max_rows]
+    row_values = sorted({row for row, _ in cells}, key=natural_key)[: args.max_rows]
     pngs = ledger.images([r for (row, _), r in cells.items() if row in row_values])
 
     def image(result: dict | None) -> np.ndarray | None:
@@ -65,11 +66,3 @@ def run(args: argparse.Namespace) -> int:
     contact_sheet(grid, [str(c) for c in columns]).save(args.out)
     print(f"wrote {args.out}: {len(grid)} rows x {len(columns)} columns")
     return 0
-
-
-def _natural(value: object) -> tuple:
-    """Numbers in numeric order, then everything else as text."""
-    try:
-        return (0, float(value), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, str(value))

@@ -7,7 +7,7 @@ zeroes the gradient for exactly the images that most need it."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,9 @@ from doodl_ray.guidance.base import Guidance, load_weights
 from doodl_ray.guidance.checks import Checks
 from doodl_ray.guidance.clip import ClipEncoder, check_clip_model, load_clip
 from doodl_ray.guidance.crops import MultiCrop
-from doodl_ray.guidance.spec import AestheticGuidanceConfig
+
+if TYPE_CHECKING:  # the settings import this module to check and build: only their type is needed here
+    from doodl_ray.guidance.specs.aesthetic import AestheticGuidanceConfig
 
 
 class AestheticMLP(nn.Module):

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import fsspec
 
-from doodl_ray.errors import ModelLoadError
+from doodl_ray.errors import InvalidInput, ModelLoadError
 from doodl_ray.fetch import is_remote
 
 
@@ -61,3 +61,13 @@ def ref_exists(ref: str, storage_options: dict[str, Any] | None = None) -> bool:
     options = (storage_options or {}) if is_remote(ref) else {}
     fs, path = fsspec.core.url_to_fs(ref, **options)
     return fs.exists(path)
+
+
+ImageShape = tuple[int, int, int]
+"""(channels, height, width) of the images the diffusion model decodes to."""
+
+
+def check_rgb(image_shape: ImageShape | None, what: str) -> None:
+    """RGB models take RGB images, or one-channel ones, repeated to RGB as PIL's convert("RGB") does."""
+    if image_shape is not None and image_shape[0] not in (1, 3):
+        raise InvalidInput(f"{what} takes RGB images; the diffusion model makes {image_shape[0]}-channel images")

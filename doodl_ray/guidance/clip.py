@@ -31,7 +31,7 @@ from doodl_ray.guidance.base import Guidance
 from doodl_ray.guidance.checks import Checks
 from doodl_ray.guidance.crops import MultiCrop
 from doodl_ray.guidance.preprocess import Preprocess, from_open_clip
-from doodl_ray.guidance.spec import ClipModelConfig
+from doodl_ray.guidance.settings import ClipModelConfig
 
 CONFIG_FILE = "open_clip_config.json"  # marks a folder in open_clip's hub layout
 LOCAL_DIR = "local-dir:"

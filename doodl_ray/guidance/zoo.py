@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +24,13 @@ from torch import Tensor, nn
 from doodl_ray.errors import InvalidInput, ModelLoadError
 from doodl_ray.fetch import is_remote, local_copy
 from doodl_ray.guidance.base import load_weights
-from doodl_ray.guidance.checks import Checks, ref_exists
+from doodl_ray.guidance.checks import Checks, check_rgb, ref_exists
 from doodl_ray.guidance.classifier import ClassifierGuidance, load_torchscript_classifier, probe_classes
 from doodl_ray.guidance.labels import read_labels
 from doodl_ray.guidance.preprocess import ImageTransform, Preprocess, ProcessorTransform, from_timm, from_torchvision
-from doodl_ray.guidance.spec import ClassifierGuidanceConfig, check_rgb
+
+if TYPE_CHECKING:  # the settings import this module to check and build: only their type is needed here
+    from doodl_ray.guidance.specs.classifier import ClassifierGuidanceConfig
 
 HF_HUB = "hf-hub:"
 

@@ -82,7 +82,7 @@ def target_check(spec: JobSpec, storage_options: dict[str, Any],
     it generates, and a bad one is still recorded as a rejected row. Offline, checks that need remote storage
     or a model hub are skipped, a classifier with such files is not loaded, and the skipped checks are listed.
     Returns the check (None: none to run here) and that list."""
-    from doodl_ray.guidance.spec import build_guidance, check_guidance, needs_model_to_validate, static_labels
+    from doodl_ray.guidance.spec import build_guidance, check_guidance
 
     shape, skipped = _model_check(spec, storage_options, offline) if spec.processor.name == "engine" else (None, [])
     configs, loadable = [c for c in (spec.guidance, spec.evaluation) if c is not None], []
@@ -95,12 +95,12 @@ def target_check(spec: JobSpec, storage_options: dict[str, Any],
         return None, skipped
     checks = []
     for config, can_load in zip(configs, loadable):
-        if not needs_model_to_validate(config):
+        if not config.needs_model_to_validate():
             continue
-        labels = static_labels(config)
+        labels = config.static_labels()
         if labels is not None:
             checks.append(_labels_check(labels))
-        elif can_load and not (offline and _downloads_weights(config)):
+        elif can_load and not (offline and config.downloads_weights()):
             checks.append(build_guidance(config, "cpu", storage_options, shape).validate_target)
         else:
             skipped.append(f"targets against the classes of {getattr(config, 'model', config.type)} (needs its files)")
@@ -124,19 +124,6 @@ def _model_check(spec: JobSpec, storage_options: dict[str, Any], offline: bool) 
     info = None if skipped else inspect_model(spec.model, storage_options, offline)
     sampler = spec.method.sampler
     return (image_shape(info, sampler.height, sampler.width) if info else None), skipped
-
-
-def _downloads_weights(config: Any) -> bool:
-    """Whether loading a guide fetches a library's pretrained weights (timm's from its hub, torchvision's from
-    its URLs) rather than reading a checkpoint file: what an offline check cannot load."""
-    from pathlib import Path
-
-    from doodl_ray.guidance.spec import ClassifierGuidanceConfig, CombinationGuidanceConfig
-
-    if isinstance(config, CombinationGuidanceConfig):
-        return any(_downloads_weights(term.guidance) for term in config.terms)
-    return (isinstance(config, ClassifierGuidanceConfig) and config.model.startswith(("timm:", "torchvision:"))
-            and (config.weights is None or not Path(config.weights).is_file()))
 
 
 def _labels_check(labels: list[str]) -> TargetCheck:

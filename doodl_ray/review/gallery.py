@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from doodl_ray.errors import InvalidInput
-from doodl_ray.commands.sheet import _natural as natural_order
 from doodl_ray.config import validation_problems
+from doodl_ray.errors import InvalidInput
+from doodl_ray.ordering import natural_key
 from doodl_ray.review.results import RunResults
 
 
@@ -113,4 +113,4 @@ def distinct(run: RunResults, column: str, limit: int = 200) -> list[str]:
     if column not in run.table.column_names:
         return []
     values = pc.unique(pc.drop_null(run.table[column])).to_pylist()
-    return sorted(values, key=natural_order)[:limit]
+    return sorted(values, key=natural_key)[:limit]
