@@ -18,7 +18,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from doodl_ray.guidance.clip import ClipImageGuidance, ClipTextGuidance, load_clip
 from doodl_ray.guidance.crops import MultiCrop
 from doodl_ray.guidance.spec import ClipModelConfig
-from tests.test_guidance_preprocess import SHAPES, as_pil, picture
+from tests.pictures import SHAPES, as_pil, picture
 from tests.tiny_guides import ARCH_A, TAG, TAG_MEAN, TAG_STD, register_tiny_clips, save_clip_folder
 
 TEXTS = ["a red circle on a blue field", "a photo of a dog"]

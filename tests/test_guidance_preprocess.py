@@ -6,35 +6,16 @@ CLIPA), timm configs (crop_pct, interpolation, crop modes), torchvision weights 
 from __future__ import annotations
 
 from dataclasses import asdict
-from functools import lru_cache
 
 import open_clip
 import pytest
 import torch
-import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
-from PIL import Image
 
 from doodl_ray.guidance.preprocess import Preprocess, ProcessorTransform, from_open_clip, from_timm, from_torchvision
+from tests.pictures import SHAPES, as_pil, picture
 
-SHAPES = [(512, 512), (1024, 1024), (512, 768)]
 MIN_PSNR = 45.0
-
-
-@lru_cache(maxsize=None)
-def picture(height: int, width: int) -> torch.Tensor:
-    """A deterministic uint8 [3, H, W] picture: smooth colour fields, hard-edged shapes and grain."""
-    gen = torch.Generator().manual_seed(height * 7 + width)
-    x = F.interpolate(torch.rand(1, 3, 6, 9, generator=gen), size=(height, width), mode="bicubic", align_corners=False)[0]
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
-    x = torch.where((xx**2 + yy**2 < 0.3).expand(3, -1, -1), torch.tensor([0.9, 0.2, 0.1]).view(3, 1, 1), x)
-    x = torch.where(((xx > 0.4) & (yy < -0.2)).expand(3, -1, -1), torch.tensor([0.1, 0.3, 0.95]).view(3, 1, 1), x)
-    x = x + 0.03 * torch.randn(3, height, width, generator=gen)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def as_pil(image: torch.Tensor) -> Image.Image:
-    return Image.fromarray(image.permute(1, 2, 0).numpy())
 
 
 def psnr(ours: torch.Tensor, theirs: torch.Tensor, mean, std, scale: float = 1.0) -> float:

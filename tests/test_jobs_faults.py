@@ -27,9 +27,9 @@ from doodl_ray.jobs import run_job
 from doodl_ray.jobs.ledger import Ledger
 from doodl_ray.jobs.spec import parse_spec
 from doodl_ray.jobs.storage import Storage
+from tests.job_helpers import job, put_table, read_results
 from tests.ray_session import ROOT, ray_session  # noqa: F401
 from tests.s3_server import FaultProxy, s3_endpoint  # noqa: F401
-from tests.test_jobs_e2e import job, put_table, read_results
 
 FORMATS = pytest.mark.parametrize("fmt", ["files", "webdataset", "parquet"])
 

@@ -29,9 +29,9 @@ from doodl_ray.jobs.keys import item_key
 from doodl_ray.jobs.spec import parse_spec
 from doodl_ray.jobs.storage import Storage
 from doodl_ray.provenance import identity
+from tests.job_helpers import read_results
 from tests.ray_session import ROOT, ray_session  # noqa: F401
 from tests.s3_server import s3_endpoint  # noqa: F401
-from tests.test_jobs_e2e import read_results
 
 DIGITS = ROOT / "doodl_ray" / "assets" / "digits"
 IDS = ["../../x", "a b", "a_b", "cat/001", "https://x.y/z?q=1", "日本", "x" * 300, "item.1", "d0", "d1", "d2", "None"]

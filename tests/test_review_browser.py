@@ -25,6 +25,8 @@ import pytest
 
 from doodl_ray.cli import main
 from doodl_ray.jobs import load_spec, run_job
+from doodl_ray.jobs.export import export_run
+from doodl_ray.jobs.storage import Storage
 from doodl_ray.review.app import create_app, make_review_server
 from doodl_ray.review.results import RunResults
 from doodl_ray.review.votes import VoteStore, winner
@@ -204,6 +206,35 @@ def test_gallery_filter_sort_and_detail(browser, live, demo_runs, tmp_path):
     assert len(points) == len(row["history"]) == 3  # the sample and 2 iterations
     scores = css(browser, "#scores")[0].text
     assert "eval/classifier" in scores and "guide loss" in scores
+
+
+def test_webdataset_and_parquet_runs_show_their_images(browser, demo_runs, tmp_path):
+    """The demo runs as a webdataset run and a parquet run: every ok card of the gallery, the detail view and
+    the A/B page show the images from inside their containers, the same bytes as the files run's."""
+    packed = {"a": str(tmp_path / "doodl-wds"), "b": str(tmp_path / "none-parquet")}
+    export_run(Storage(demo_runs[0]), Storage(packed["a"]), "webdataset")
+    export_run(Storage(demo_runs[1]), Storage(packed["b"]), "parquet")
+    a, b = RunResults(packed["a"]), RunResults(packed["b"])
+    loose = {"a": RunResults(demo_runs[0]), "b": RunResults(demo_runs[1])}
+    server = LiveServer(create_app(a, VoteStore(str(tmp_path / "votes")), against=b))
+    try:
+        for key in ("a", "b"):
+            browser.get(f"{server.url}/?status=ok&run={key}")
+            assert len(css(browser, ".card img")) == 9 and "no image" not in browser.page_source
+            wait_for(browser, lambda d: images_loaded(d, ".card img"))
+            src = css(browser, ".card img")[0].get_attribute("src")
+            item_id = css(browser, ".card")[0].get_attribute("data-id")
+            with urllib.request.urlopen(src) as response:
+                assert response.read() == loose[key].image(item_id).data
+        browser.get(f"{server.url}/item?id=digit-4")
+        wait_for(browser, lambda d: images_loaded(d, ".images img"))
+        assert browser.execute_script("return document.querySelector('#initial img').naturalWidth") == 16
+        assert browser.execute_script("return document.querySelector('#result img').naturalWidth") == 16
+        browser.get(f"{server.url}/ab?reviewer=carol")
+        wait_for(browser, lambda d: images_loaded(d, ".pair img"))
+        assert len(css(browser, ".pair img")) == 2 and progress(browser) == "0 of 9"
+    finally:
+        server.close()
 
 
 def test_script_in_a_prompt_is_shown_as_text(browser, live):

@@ -4,15 +4,15 @@ webdataset, parquet), locally or on S3, with the same rows; an interrupted expor
 from __future__ import annotations
 
 import argparse
-from typing import get_args
 
-from doodl_ray.jobs.spec import OutputFormatName, StorageConfig
+from doodl_ray.jobs.spec import StorageConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="convert a finished run to another output format", description=__doc__)
     parser.add_argument("run", help="the run's output URI (local folder or s3:// prefix)")
-    parser.add_argument("--format", required=True, choices=get_args(OutputFormatName))
+    parser.add_argument("--format", required=True,
+                        help="files, webdataset, parquet, or package.module:name of a format that module registers")
     parser.add_argument("--to", required=True, help="the new output URI (local folder or s3:// prefix)")
     parser.add_argument("--endpoint-url", help="S3 endpoint for both URIs (default: the AWS chain)")
     parser.set_defaults(func=run)

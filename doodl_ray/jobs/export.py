@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from doodl_ray.errors import InvalidInput
+from doodl_ray.jobs.formats import output_format
 from doodl_ray.jobs.ledger import Ledger, manifest_format, shard_key
 from doodl_ray.jobs.rows import now
 from doodl_ray.jobs.storage import Storage
@@ -25,6 +26,7 @@ def _converted(manifest: dict[str, Any], source: Ledger, dest: Ledger, format_na
 def export_run(source_storage: Storage, dest_storage: Storage, format_name: str) -> dict[str, int]:
     """Write the finished run at `source_storage` to `dest_storage` in `format_name`; returns shard, row and ok
     counts."""
+    output_format(format_name)  # an unknown format fails before anything is written
     source, dest = Ledger(source_storage), Ledger(dest_storage, format_name)
     manifest = source.run_manifest()
     markers = source.markers()

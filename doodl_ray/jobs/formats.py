@@ -8,13 +8,15 @@
                                                                Face datasets' Image feature in the file metadata
 
 Each format is a writer with its readers (a shard's samples in row order; one image by key), the way every
-img2dataset writer answers to one interface. Everything else (where workers stage images, when a shard is
+img2dataset writer answers to one interface, and registers itself under its name (`register_format`); a
+spec names a format of another package as `package.module:name`, which that module registers when imported. Everything else (where workers stage images, when a shard is
 packed, the results files and markers) is the ledger's (jobs.ledger). The packed formats hold a shard's ok
 rows, in row order, in one container that lands under its final name whole (Storage.open_atomic)."""
 
 from __future__ import annotations
 
 import abc
+import importlib
 import io
 import itertools
 import json
@@ -24,6 +26,7 @@ from typing import IO, Any, Callable, ClassVar, Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from doodl_ray.errors import InvalidInput
 from doodl_ray.jobs.rows import RESULT_SCHEMA, json_row
 from doodl_ray.jobs.storage import Storage
 
@@ -85,6 +88,31 @@ class OutputFormat(abc.ABC):
         return image
 
 
+FORMATS: dict[str, OutputFormat] = {}
+
+
+def register_format(cls: type[OutputFormat]) -> type[OutputFormat]:
+    """Class decorator: the format is known by its `name` (in specs, manifests and `export --format`)."""
+    FORMATS[cls.name] = cls()
+    return cls
+
+
+def output_format(name: str) -> OutputFormat:
+    """The format a spec or manifest names: a registered name, or `package.module:name` (the module is imported,
+    and registers it); InvalidInput for any other."""
+    module, _, short = name.rpartition(":")
+    if short not in FORMATS and module:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise InvalidInput(f"output format {name}: cannot import {module} ({exc})") from None
+    if short not in FORMATS:
+        raise InvalidInput(f"unknown output format {name!r}; one of: {', '.join(sorted(FORMATS))}, "
+                           "or package.module:name of a format that module registers")
+    return FORMATS[short]
+
+
+@register_format
 class FilesFormat(OutputFormat):
     """A PNG per image under images/, named by the item's key, written in place by the workers."""
 
@@ -130,6 +158,7 @@ class PackedFormat(OutputFormat):
         """Write the container of these (row, images) to an open file."""
 
 
+@register_format
 class WebDatasetFormat(PackedFormat):
     """A tar per shard; a sample's members share its key (no dots, so webdataset splits names correctly)."""
 
@@ -197,6 +226,7 @@ DATA_SCHEMA = pa.schema(
 (scores, terms, compute) is stored as its entries, a list of {key, value} structs, as Arrow lays a map out."""
 
 
+@register_format
 class ParquetFormat(PackedFormat):
     """A Parquet file per shard with the images embedded, loadable by `datasets.load_dataset("parquet")`."""
 
@@ -235,9 +265,3 @@ class ParquetFormat(PackedFormat):
 
         return image
 
-
-FORMATS: dict[str, OutputFormat] = {f.name: f for f in (FilesFormat(), WebDatasetFormat(), ParquetFormat())}
-
-
-def output_format(name: str) -> OutputFormat:
-    return FORMATS[name]

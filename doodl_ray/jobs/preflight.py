@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from doodl_ray.errors import DoodlError, InvalidInput
 from doodl_ray.fetch import is_remote
+from doodl_ray.jobs.formats import output_format
 from doodl_ray.jobs.ledger import Ledger, LedgerState, manifest_format
 from doodl_ray.jobs.reader import InputPlan, TargetCheck, read_input
 from doodl_ray.jobs.spec import JobSpec
@@ -44,6 +45,7 @@ def preflight(spec: JobSpec, offline: bool = False, force: bool = False, retry_f
 
 
 def _preflight(spec: JobSpec, offline: bool, force: bool, retry_failed: bool, check_targets: bool) -> Preflight:
+    output_format(spec.output.format)
     remote_output = offline and is_remote(spec.output.uri)
     output = None if force or remote_output else _output(spec)
     check, skipped = target_check(spec, spec.storage.fsspec_options("s3://"), offline) if check_targets else (None, [])

@@ -70,20 +70,18 @@ class InputConfig(StrictModel):
     limit: Optional[int] = Field(None, ge=1, description="Keep only the first N rows (in file and row order).")
 
 
-OutputFormatName = Literal["files", "webdataset", "parquet"]
-
-
 class OutputConfig(StrictModel):
     """Where the results go: results/ (per-shard Parquet and done markers), manifest.json, and the images
     in the chosen format (jobs.formats)."""
 
     uri: str = Field(description="Output prefix: a local folder or an s3:// prefix.")
     shard_size: int = Field(1000, ge=1, description="Input rows per shard (one results file and done marker each).")
-    format: OutputFormatName = Field(
-        "files", description="files: a PNG per image under images/; webdataset: a tar per shard under data/ "
+    format: str = Field(
+        "files", pattern=r"^([\w.]+:)?[\w-]+$",
+        description="files: a PNG per image under images/; webdataset: a tar per shard under data/ "
         "(<key>.png, <key>.initial.png, <key>.json, <key>.txt); parquet: a Parquet file per shard under data/ "
-        "with the images embedded as Hugging Face datasets' Image feature. Not part of the result hash: "
-        "`doodl-ray export` converts a finished run.",
+        "with the images embedded as Hugging Face datasets' Image feature; or package.module:name, a format that "
+        "module registers (jobs.formats). Not part of the result hash: `doodl-ray export` converts a finished run.",
     )
 
 
