@@ -41,12 +41,12 @@ def bench_model(name: str, tiny: bool, device: torch.device, dtype: torch.dtype)
     CPU between encodes, as `load_diffusion` leaves a loaded model."""
     from diffusers.utils import logging
 
-    from doodl_ray.models.load import ADAPTERS
+    from doodl_ray.models.families import FAMILIES
 
     logging.set_verbosity_error()  # casting random weights: no advice on keeping modules in float32
     pipe = build_pipeline(name, tiny, device)
     pipe.to(dtype=dtype)
-    model = ADAPTERS[ADAPTER_FAMILY[name]].from_pipeline(pipe).to(device)
+    model = FAMILIES[ADAPTER_FAMILY[name]].adapter_class().from_pipeline(pipe).to(device)
     for encoder in model.text_encoders:
         if encoder is not None:
             encoder.to("cpu")

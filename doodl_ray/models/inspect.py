@@ -15,23 +15,14 @@ import fsspec
 
 from doodl_ray.errors import InvalidInput, ModelLoadError
 from doodl_ray.fetch import is_remote
+from doodl_ray.models.families import FAMILIES, family_of, pixel_geometry, supported_families
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-FAMILIES = {  # model_index.json `_class_name` -> family
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusion3Pipeline": "sd3",
-    "FluxPipeline": "flux",
-    "DDIMPipeline": "pixel",
-    "DDPMPipeline": "pixel",
-}
-NETWORK = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer"}  # the denoiser's subfolder
-FLUX_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size: its transformer config has no sample_size
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    family: str  # one of FAMILIES' values, or "pixel-flow" (a bare UNet2DModel with a flow scheduler)
+    family: str  # a registered family's name, or "pixel-flow" (a bare UNet2DModel with a flow scheduler)
     image_shape: tuple[int, int, int]  # (C, H, W) of the decoded images at the native size
     latent_scale: int  # image pixels per latent pixel (1 for pixel models)
     size_multiple: int  # image sides must be multiples of this
@@ -96,39 +87,19 @@ def _inspect(ref: str, opts: dict[str, Any], offline: bool) -> ModelInfo:
             raise ModelLoadError(f"model {ref} has neither model_index.json nor a UNet2DModel config.json")
         scheduler = _read_json(ref, "scheduler_config.json", opts, offline) or {}
         flow = scheduler.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
-        return ModelInfo("pixel-flow" if flow else "pixel", _pixel_shape(config), 1, 1)
-    family = FAMILIES.get(index.get("_class_name", ""))
+        return ModelInfo("pixel-flow" if flow else "pixel", *pixel_geometry(config))
+    family = family_of(index.get("_class_name", ""))
     if family is None:
         raise ModelLoadError(f"model {ref}: {index.get('_class_name')!r} is not a supported family "
                              f"(supported: {supported_families()})")
-    if family == "pixel":
-        return ModelInfo("pixel", _pixel_shape(_read_json(ref, "unet/config.json", opts, offline) or {}), 1, 1)
-    network = _read_json(ref, f"{NETWORK[family]}/config.json", opts, offline) or {}
-    vae = _read_json(ref, "vae/config.json", opts, offline) or {}
-    return latent_model_info(family, network, vae)
+    network = _read_json(ref, f"{family.network}/config.json", opts, offline) or {}
+    vae = (_read_json(ref, "vae/config.json", opts, offline) or {}) if family.vae else {}
+    return model_info(family.name, network, vae)
 
 
-def latent_model_info(family: str, network: dict[str, Any], vae: dict[str, Any]) -> ModelInfo:
-    """A latent family's geometry from its network and VAE configs, by its pipeline's rules: the VAE
-    downsamples by s = 2^(levels - 1); the native side is the network's sample_size latents (FLUX's pipeline:
-    128) times s; sides must be multiples of s, times the patch size for SD3 and the 2×2 packing for FLUX."""
-    scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
-    if family == "flux":
-        latents, multiple = FLUX_SAMPLE_SIZE, scale * 2
-    elif family == "sd3":
-        latents, multiple = int(network.get("sample_size", 128)), scale * int(network.get("patch_size", 2))
-    else:
-        latents, multiple = int(network.get("sample_size", 64)), scale
-    side = latents * scale
-    return ModelInfo(family, (int(vae.get("out_channels", 3)), side, side), scale, multiple)
-
-
-def supported_families() -> str:
-    """'family (PipelineClass, ...)' for every supported family, for error messages."""
-    names: dict[str, list[str]] = {}
-    for pipeline, family in FAMILIES.items():
-        names.setdefault(family, []).append(pipeline)
-    return "; ".join(f"{family} ({', '.join(sorted(p))})" for family, p in sorted(names.items()))
+def model_info(family: str, network: dict[str, Any], vae: dict[str, Any]) -> ModelInfo:
+    """A family's image geometry from its denoiser's and VAE's configs (models.families)."""
+    return ModelInfo(family, *FAMILIES[family].geometry(network, vae))
 
 
 def image_shape(info: ModelInfo, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
@@ -140,9 +111,3 @@ def image_shape(info: ModelInfo, height: int | None = None, width: int | None = 
         raise InvalidInput(f"image size {h}x{w}: a {info.family} model makes sides that are multiples of "
                            f"{info.size_multiple}")
     return channels, h, w
-
-
-def _pixel_shape(config: dict[str, Any]) -> tuple[int, int, int]:
-    size = config.get("sample_size", 32)
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return int(config.get("in_channels", 3)), int(h), int(w)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from doodl_ray.errors import InvalidInput
 from doodl_ray.models.base import Diffusion
-from doodl_ray.models.inspect import ModelInfo, image_shape, latent_model_info
+from doodl_ray.models.inspect import ModelInfo, image_shape, model_info
 from doodl_ray.sampling.edict import EpsFn
 
 Conditioning = dict[str, Tensor]  # network keyword arguments, batch first
@@ -40,7 +40,7 @@ class LatentDiffusion(Diffusion):
             self.vae.enable_gradient_checkpointing()
         self.text_encoders = [e.eval().requires_grad_(False) if e is not None else None for e in text_encoders]
         self.tokenizers = list(tokenizers)
-        self.info: ModelInfo = latent_model_info(self.family, dict(network.config), dict(vae.config))
+        self.info: ModelInfo = model_info(self.family, dict(network.config), dict(vae.config))
 
     def latent_shape(self, height: int | None, width: int | None) -> tuple[int, int, int]:
         _, h, w = self.image_shape(height, width)

@@ -1,6 +1,6 @@
 """Load a diffusion model by reference: a hub id, a local diffusers folder, or an s3:// (any fsspec) folder.
 
-The family comes from `model_index.json` (`inspect.FAMILIES`) before any weights are read, so an unsupported
+The family comes from `model_index.json` (models.families) before any weights are read, so an unsupported
 pipeline is one line naming the supported ones. Only safetensors weights are accepted (never unpickle); a folder
 or hub repo whose weights are the `fp16` variant (`*.fp16.safetensors`) loads them, and prefers them over full
 precision ones when the model runs in 16 bits. Weights load on the CPU in the engine's dtype (accelerate's
@@ -19,12 +19,8 @@ import torch
 from doodl_ray.errors import ModelLoadError
 from doodl_ray.fetch import is_remote, local_copy
 from doodl_ray.models.base import Diffusion
-from doodl_ray.models.flux import FluxDiffusion
-from doodl_ray.models.inspect import FAMILIES, supported_families
+from doodl_ray.models.families import family_of, supported_families
 from doodl_ray.models.pixel import PixelDiffusion, PixelFlowDiffusion
-from doodl_ray.models.sd import LatentTextDiffusion
-from doodl_ray.models.sd3 import SD3Diffusion
-from doodl_ray.models.sdxl import SDXLDiffusion
 from doodl_ray.sampling.flow import is_flow
 
 DEFAULT_PIXEL_SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
@@ -54,14 +50,14 @@ def _load_pipeline(path: str, dtype: torch.dtype) -> Diffusion:
     from diffusers import DiffusionPipeline
 
     index = DiffusionPipeline.load_config(path)
-    family = FAMILIES.get(index.get("_class_name", ""))
+    family = family_of(index.get("_class_name", ""))
     if family is None:
         raise ModelLoadError(f"{path}: {index.get('_class_name')!r} is not a supported family "
                              f"(supported: {supported_families()})")
     extra = {"safety_checker": None} if "safety_checker" in index else {}
     pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True,
                                              variant=weight_variant(_weight_files(path), dtype), **extra)
-    return ADAPTERS[family].from_pipeline(pipe)
+    return family.adapter_class().from_pipeline(pipe)
 
 
 def weight_variant(files: Iterable[str] | None, dtype: torch.dtype) -> str | None:
@@ -98,10 +94,6 @@ def _bare_unet(folder: Path, dtype: torch.dtype) -> Diffusion:
     scheduler_file = folder / "scheduler_config.json"
     scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else DEFAULT_PIXEL_SCHEDULER
     return (PixelFlowDiffusion if is_flow(scheduler) else PixelDiffusion)(unet, scheduler)
-
-
-ADAPTERS = {"sd": LatentTextDiffusion, "sdxl": SDXLDiffusion, "sd3": SD3Diffusion, "flux": FluxDiffusion,
-            "pixel": PixelDiffusion}
 
 
 def _first_line(exc: BaseException) -> str:
