@@ -22,7 +22,6 @@ from doodl_ray.config import validation_problems
 from doodl_ray.errors import InvalidInput
 from doodl_ray.jobs.storage import Storage
 
-CHOICES = ("left", "right", "tie", "skip")
 VOTE_SCHEMA = pa.schema([
     ("vote_id", pa.string()),
     ("pair_id", pa.string()),  # the item id both runs share
