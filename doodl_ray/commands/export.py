@@ -11,8 +11,10 @@ from doodl_ray.jobs.spec import StorageConfig
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="convert a finished run to another output format", description=__doc__)
     parser.add_argument("run", help="the run's output URI (local folder or s3:// prefix)")
-    parser.add_argument("--format", required=True,
-                        help="files, webdataset, parquet, or package.module:name of a format that module registers")
+    from doodl_ray.jobs.formats import FORMATS
+
+    parser.add_argument("--format", required=True, help=f"{', '.join(sorted(FORMATS))}, or package.module:name of "
+                        "a format that module registers")
     parser.add_argument("--to", required=True, help="the new output URI (local folder or s3:// prefix)")
     parser.add_argument("--endpoint-url", help="S3 endpoint for both URIs (default: the AWS chain)")
     parser.set_defaults(func=run)
