@@ -38,7 +38,8 @@ def test_status_and_review_read_an_old_ledger(old_run: Path):
     counts = json.loads(out.getvalue())
     assert (counts["ok"], counts["rejected"], counts["pending"], counts["state"]) == (3, 1, 0, "finished")
     run = RunResults(str(old_run))
-    assert {"score:guide/classifier", "score:eval/classifier", "score:eval_initial/classifier"} <= set(run.numeric_columns)
+    scores = {"score:guide/classifier", "score:eval/classifier", "score:eval_initial/classifier"}
+    assert scores <= set(run.numeric_columns)
     row = run.row("cat/3")
     assert row["scores"]["eval/classifier"] == row["score:eval/classifier"] > 0.001  # parsed once, typed
     assert row["image_uri"].startswith(f"{RECORDED}/images/")  # recorded where it was written; read where it is

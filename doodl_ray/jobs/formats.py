@@ -9,9 +9,10 @@
 
 Each format is a writer with its readers (a shard's samples in row order; one image by key), the way every
 img2dataset writer answers to one interface, and registers itself under its name (`register_format`); a
-spec names a format of another package as `package.module:name`, which that module registers when imported. Everything else (where workers stage images, when a shard is
-packed, the results files and markers) is the ledger's (jobs.ledger). The packed formats hold a shard's ok
-rows, in row order, in one container that lands under its final name whole (Storage.open_atomic)."""
+spec names a format of another package as `package.module:name`, which that module registers when imported.
+Everything else (where workers stage images, when a shard is packed, the results files and markers) is the
+ledger's (jobs.ledger). The packed formats hold a shard's ok rows, in row order, in one container that lands
+under its final name whole (Storage.open_atomic)."""
 
 from __future__ import annotations
 

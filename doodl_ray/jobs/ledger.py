@@ -33,8 +33,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from doodl_ray.errors import DoodlError, InvalidInput
-from doodl_ray.jobs.formats import FORMATS, KINDS, ImageLookup, Images, Matched, OutputFormat, Samples, output_format, \
-    read_loose
+from doodl_ray.jobs.formats import (
+    FORMATS,
+    KINDS,
+    ImageLookup,
+    Images,
+    Matched,
+    OutputFormat,
+    Samples,
+    output_format,
+    read_loose,
+)
 from doodl_ray.jobs.reader import InputPlan
 from doodl_ray.jobs.rows import STATUSES, as_kept, now, to_parquet, typed
 from doodl_ray.jobs.storage import Storage, check_key

@@ -32,7 +32,8 @@ class ClipGuidance(GuidanceSpec):
                 read_reference(ref, checks.storage_options)
 
     def files(self) -> list[str]:
-        return [ref for m in self.models for ref in (m.model, m.pretrained) if ref] + list(getattr(self, "references", []))
+        models = [ref for m in self.models for ref in (m.model, m.pretrained) if ref]
+        return models + list(getattr(self, "references", []))
 
 
 @register_guidance
