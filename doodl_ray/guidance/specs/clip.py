@@ -22,18 +22,14 @@ class ClipGuidance(GuidanceSpec):
     models: list[ClipModelConfig]
 
     def check(self, checks: Checks, image_shape: Optional[ImageShape]) -> None:
-        from doodl_ray.guidance.clip import check_clip_model, read_reference
+        from doodl_ray.guidance.clip import check_clip_model
 
         check_rgb(image_shape, "CLIP")
         for model in self.models:
             check_clip_model(model, checks)
-        for ref in getattr(self, "references", []):
-            if checks.reachable(ref, "reference image"):
-                read_reference(ref, checks.storage_options)
 
     def files(self) -> list[str]:
-        models = [ref for m in self.models for ref in (m.model, m.pretrained) if ref]
-        return models + list(getattr(self, "references", []))
+        return [ref for m in self.models for ref in (m.model, m.pretrained) if ref]
 
 
 @register_guidance
@@ -62,6 +58,17 @@ class ClipImageGuidanceConfig(ClipGuidance):
     models: list[ClipModelConfig] = Field(default_factory=default_clip_models, min_length=1)
     references: list[str] = Field(default_factory=list, description="Default reference images (paths or URIs).")
     crops: CropConfig = CropConfig()
+
+    def check(self, checks: Checks, image_shape: Optional[ImageShape]) -> None:
+        from doodl_ray.guidance.clip import read_reference
+
+        super().check(checks, image_shape)
+        for ref in self.references:
+            if checks.reachable(ref, "reference image"):
+                read_reference(ref, checks.storage_options)
+
+    def files(self) -> list[str]:
+        return super().files() + self.references
 
     def build(self, device: "torch.device | str", storage_options: dict[str, Any],
               image_shape: Optional[ImageShape]) -> "Guidance":
