@@ -1,7 +1,7 @@
 """Review app without a browser: reading runs (best row per id, categories from the input, images only
 through recorded keys), the gallery query on 100,000 rows, votes from concurrent reviewers through the
 real HTTP server onto a real S3 endpoint, malformed votes, the token, the bind check, and the report's
-statistics. Runs are written the way the job system writes them (its writer's Parquet, its layout)."""
+statistics. Runs are written the way the job system writes them (its ledger's Parquet, its layout)."""
 
 from __future__ import annotations
 
