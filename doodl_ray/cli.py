@@ -1,6 +1,7 @@
 """`doodl-ray` command line: one subcommand per module in doodl_ray.commands.
 
-User errors print one line and exit non-zero; `--debug` shows the traceback instead."""
+User errors print one line and exit non-zero (1, or an error's own `exit_status`: 75 for a run its cluster
+stopped, which a rerun resumes); `--debug` shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import sys
 from typing import Sequence
 
-from doodl_ray.errors import DoodlError
+from doodl_ray.errors import error_line
 
 # Each name is a module doodl_ray.commands.<name> with `add_parser(subparsers)`; the parser it adds
 # sets `func(args) -> int` as its default. Only the command being run builds its parser (`bench` imports
@@ -55,14 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        kind = "error" if isinstance(exc, DoodlError) else f"error ({type(exc).__name__})"
-        print(f"doodl-ray {args.command}: {kind}: {_one_line(exc)}", file=sys.stderr)
-        return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
+        print(error_line(args.command, exc), file=sys.stderr)
+        return getattr(exc, "exit_status", 1)
 
 
 if __name__ == "__main__":

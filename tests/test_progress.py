@@ -25,8 +25,8 @@ from doodl_ray.jobs.spec import parse_spec
 from tests.ray_session import ray_session  # noqa: F401
 from tests.s3_server import s3_endpoint  # noqa: F401
 
-LINE = re.compile(r"^progress-test: (\d+)/12 items \(\d+%\), ok=(\d+), failed=0, rejected=0, left=(\d+) "
-                  r"\[\d\d:\d\d<[^,]+, +[^\]]+\]$")
+LINE = re.compile(r"^progress-test: (\d+)/12 items \(\d+%\), ok=(\d+), failed=0, rejected=0, left=(\d+), "
+                  r"actors=[01]/1 \[\d\d:\d\d<[^,]+, +[^\]]+\]$")
 
 
 def noop_spec(tmp_path: Path, seconds: float):

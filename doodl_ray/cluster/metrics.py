@@ -3,7 +3,8 @@ GPU seconds, the cost estimate from an hourly price) also exported by each node'
 
 Metrics made with ray.util.metrics show on the Ray dashboard and in Prometheus (with Ray's `ray_` prefix:
 ray_doodl_items_done, ray_doodl_items_failed, ray_doodl_item_seconds, ray_doodl_gpu_seconds,
-ray_doodl_cost_usd), tagged with the run id. `doodl-ray run` and `backfill` hand one to the driver."""
+ray_doodl_cost_usd, and the capacity: ray_doodl_actors_ready of ray_doodl_actors_wanted), tagged with the
+run id. `doodl-ray run` and `backfill` hand one to the driver."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ class RunMetrics(RunTally):
         self._seconds = Histogram("doodl_item_seconds", "Engine seconds per item.", SECONDS_BUCKETS, _TAGS)
         self._gpu = Counter("doodl_gpu_seconds", "GPU seconds spent on finished items.", _TAGS)
         self._cost = Gauge("doodl_cost_usd", "Estimated GPU cost of the run so far, in US dollars.", _TAGS)
-        for metric in (self._done, self._failed, self._seconds, self._gpu, self._cost):
+        self._ready = Gauge("doodl_actors_ready", "Worker actors ready to run items.", _TAGS)
+        self._wanted = Gauge("doodl_actors_wanted", "Worker actors the run asks for (lost ones are restarted).", _TAGS)
+        for metric in (self._done, self._failed, self._seconds, self._gpu, self._cost, self._ready, self._wanted):
             metric.set_default_tags({"run_id": run_id})
 
     def item_done(self, seconds: Optional[float], gpu_seconds: Optional[float]) -> None:
@@ -40,6 +43,12 @@ class RunMetrics(RunTally):
         usd = self.estimated_usd()
         if usd is not None:
             self._cost.set(usd)
+
+    def actors(self, ready: int, wanted: int) -> None:
+        if (ready, wanted) != self.capacity:
+            self._ready.set(ready)
+            self._wanted.set(wanted)
+        super().actors(ready, wanted)
 
     def item_failed(self) -> None:
         super().item_failed()

@@ -1,10 +1,14 @@
-"""`doodl-ray run JOB.yaml`: run or resume a job on local Ray (loopback only) or an existing cluster."""
+"""`doodl-ray run JOB.yaml`: run or resume a job on local Ray (loopback only) or an existing cluster.
+
+Exit status: 0 done, 3 done with failed items, 1 a spec or input error, 75 stopped by the cluster (its head
+lost, or no actor able to run for timeouts.no_capacity_seconds): run it again, it resumes from the ledger."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 # Read by Ray when it is imported: without it, a local Ray listens on every interface.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -36,11 +40,31 @@ def start_ray(address: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from doodl_ray.cluster.metrics import RunMetrics
+    from doodl_ray.errors import RunInterrupted, error_line
     from doodl_ray.jobs import load_spec, run_job
+    from doodl_ray.jobs.driver import HEAD_LOST
 
     spec = load_spec(args.spec, args.overrides)
     start_ray(args.address)
-    summary = run_job(spec, force=args.force, retry_failed=args.retry_failed, progress=not args.no_progress,
-                      metrics=RunMetrics(spec.run_id, spec.resources.gpu_hourly_price))
+    try:
+        summary = run_job(spec, force=args.force, retry_failed=args.retry_failed, progress=not args.no_progress,
+                          metrics=RunMetrics(spec.run_id, spec.resources.gpu_hourly_price))
+    except RunInterrupted as exc:
+        if exc.state == HEAD_LOST:
+            leave(error_line("run", exc), exc.exit_status)
+        raise
     print(summary.text(), file=sys.stderr)
-    return 0 if summary.failed == 0 else 3
+    status = 0 if summary.failed == 0 else 3
+    if summary.head_lost:
+        leave(None, status)
+    return status
+
+
+def leave(line: str | None, status: int) -> NoReturn:
+    """End the process now, after `line`: without its head, Ray's shutdown at exit would wait for the head,
+    then end the process with exit status 1 and a message of its own."""
+    if line:
+        print(line, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -22,7 +22,8 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from doodl_ray.errors import DoodlError
+from doodl_ray.errors import RunInterrupted
+from doodl_ray.jobs.health import ClusterWatch
 from doodl_ray.jobs.ledger import Ledger, LedgerState, ids_hash
 from doodl_ray.jobs.metrics import RunRecorder, RunTally
 from doodl_ray.jobs.preflight import preflight
@@ -35,6 +36,8 @@ from doodl_ray.provenance import code_version
 
 log = logging.getLogger(__name__)
 WAIT_TICK = 0.5  # seconds between progress refreshes while nothing completes
+SUSPECT_SECONDS = 60.0  # how long a node where an actor died unasked is avoided while Ray still reports it alive
+HEAD_LOST, NO_CAPACITY = "head_lost", "no_capacity"  # manifest states of an interrupted run
 
 
 @dataclass
@@ -52,6 +55,7 @@ class RunSummary:
     resumed: int
     seconds: float
     cost: dict[str, Any] = field(default_factory=dict)
+    head_lost: bool = False  # the cluster's head did not answer at the end (Ray cannot shut down cleanly)
 
     @property
     def items_per_s(self) -> float:
@@ -92,6 +96,7 @@ class _Slot:
     start_failures: int = 0
     restart_at: float = 0.0
     ready_by: float = float("inf")  # startup deadline
+    node: Optional[str] = None  # the id of the node its actor runs on, once ready
     inflight: deque = field(default_factory=deque)
 
 
@@ -111,6 +116,9 @@ class Driver:
         self.counts = {"ok": 0, "failed": 0, "rejected": 0}
         self.computed = 0
         self._seq = itertools.count()
+        self.slots: list[_Slot] = []
+        self.suspects: dict[str, float] = {}  # node id -> when an actor died there unasked
+        self.last_start_failure = "no actor became ready"
 
     # ---- setup -------------------------------------------------------------------------------------
 
@@ -142,17 +150,24 @@ class Driver:
             self.ledger.clear()
         self.ledger.write_manifest(self._manifest(plan, "running", started))
         pending = self._setup_shards(plan, state)
+        self.slots = [_Slot(i) for i in range(min(self.spec.resources.actors, len(pending)))]
+        self.watch = ClusterWatch(self.spec.timeouts.head_seconds)
         self._progress_bar(plan.rows)
         try:
             if pending:
                 self._dispatch(pending)
+        except RunInterrupted as exc:
+            manifest = self._manifest(plan, exc.state, started, now().isoformat())
+            self.ledger.write_manifest({**manifest, "interruption": str(exc)})
+            raise
         finally:
             self._close_progress()
         self.ledger.tidy()  # every shard is finished
         self.ledger.write_manifest(self._manifest(plan, "finished", started, now().isoformat()))
+        self.watch.poll(force=True)
         return RunSummary(self.spec.run_id, self.spec.output.uri, self.session, plan.rows, self.counts["ok"],
                           self.counts["failed"], self.counts["rejected"], self.computed, self.resumed,
-                          time.perf_counter() - t0, self.metrics.cost())
+                          time.perf_counter() - t0, self.metrics.cost(), self.watch.unreachable_since is not None)
 
     def _setup_shards(self, plan: InputPlan, state: LedgerState) -> list[JobItem]:
         """Shard bookkeeping from the ledger; finalizes shards with nothing left; returns the items to run."""
@@ -213,9 +228,22 @@ class Driver:
         name = f"doodl-ray.{self.spec.run_id}.{self.session}.w{slot.index}.{slot.generation}"
         slot.actor = ray.remote(JobWorker).options(
             num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, name=name, max_restarts=0, max_concurrency=1,
+            **self._placement(),
         ).remote(self.spec, self.context, name)
-        slot.ready_ref, slot.ready = slot.actor.ready.remote(), False
+        slot.ready_ref, slot.ready, slot.node = slot.actor.ready.remote(), False, None
         slot.ready_by = time.monotonic() + self.spec.timeouts.startup_seconds
+
+    def _placement(self) -> dict[str, Any]:
+        """Prefer nodes other than those where an actor just died unasked while Ray still reports them alive
+        (Ray takes seconds to a minute to mark a lost node dead, and would place the replacement there); any
+        node when no other one can take the actor."""
+        clock = time.monotonic()
+        self.suspects = {node: since for node, since in self.suspects.items()
+                         if clock - since < SUSPECT_SECONDS and node in self.watch.alive}
+        if not self.suspects:
+            return {}
+        return {"label_selector": {"ray.io/node-id": f"!in({','.join(sorted(self.suspects))})"},
+                "fallback_strategy": [{"label_selector": {}}]}
 
     def _stop(self, slot: _Slot, queue: deque, error_type: str, reason: str, restart_delay: float = 0.0) -> None:
         """Kill a slot's actor: its running batch failed (see _batch_failed), its queued batches go back."""
@@ -269,10 +297,11 @@ class Driver:
         spec = self.spec
         queue: deque[_Entry] = deque(_Entry(item) for item in pending)
         self.delayed: list = []
-        slots = [_Slot(i) for i in range(min(spec.resources.actors, len(pending)))]
+        slots, self.capacity_seen = self.slots, time.monotonic()
         try:
             while self.shard_rows:
                 clock = time.monotonic()
+                self._check_cluster(clock)
                 while self.delayed and self.delayed[0][0] <= clock:
                     queue.append(heapq.heappop(self.delayed)[2])
                 for slot in slots:
@@ -319,16 +348,39 @@ class Driver:
         return time.monotonic() + budget * len(batch.entries) if budget else float("inf")
 
     def _start_failed(self, slot: _Slot, queue: deque, reason: str) -> None:
+        """The job goes on with the actors it has; this slot is tried again after a growing delay."""
         slot.start_failures += 1
-        if slot.start_failures >= self.spec.retries.worker_starts:
-            raise DoodlError(f"worker {slot.index} failed to start {slot.start_failures} times: {reason}")
-        log.warning("worker %d failed to start (%s); restarting", slot.index, reason)
-        self._stop(slot, queue, "WorkerStartError", reason, backoff_delay(self.spec.retries, slot.start_failures))
+        self.last_start_failure = f"worker {slot.index}: {reason}"
+        delay = backoff_delay(self.spec.retries, slot.start_failures)
+        log.warning("worker %d failed to start (%s); %d of %d actors running, next try in %.0f s", slot.index,
+                    reason, self._ready_actors(), len(self.slots), delay)
+        self._stop(slot, queue, "WorkerStartError", reason, delay)
+
+    def _ready_actors(self) -> int:
+        return sum(slot.ready for slot in self.slots)
+
+    def _check_cluster(self, clock: float) -> None:
+        """Stop the run (a rerun resumes) when the cluster's head is lost, or when no actor has been able to
+        run for timeouts.no_capacity_seconds."""
+        self.watch.poll()
+        if self.watch.head_lost:
+            raise RunInterrupted(f"lost the Ray cluster's head at {self.watch.address} (no answer for "
+                                 f"{self.watch.unreachable_for:.0f} s); {self._resume_text()}", HEAD_LOST)
+        if self._ready_actors():
+            self.capacity_seen = clock
+        elif clock - self.capacity_seen > self.spec.timeouts.no_capacity_seconds:
+            raise RunInterrupted(f"no actor could run for {self.spec.timeouts.no_capacity_seconds:g} s "
+                                 f"({self.last_start_failure}); "
+                                 f"{self._resume_text()}", NO_CAPACITY)
+
+    def _resume_text(self) -> str:
+        done = sum(self.counts.values())
+        return f"rerun resumes from the ledger, {done} of {self.plan.rows} items done"
 
     def _complete(self, slot: _Slot, ref: Any, queue: deque) -> None:
         if ref is slot.ready_ref or ref == slot.ready_ref:
             try:
-                ray.get(ref)
+                slot.node = ray.get(ref)
                 slot.ready, slot.start_failures = True, 0
             except Exception as exc:
                 self._start_failed(slot, queue, _short(exc))
@@ -340,6 +392,8 @@ class Driver:
             outcomes = ray.get(ref)
         except RayActorError as exc:
             log.warning("worker %d died: %s", slot.index, _short(exc))
+            if slot.node is not None:
+                self.suspects[slot.node] = time.monotonic()
             self._stop(slot, queue, "WorkerDied", _short(exc))
             return
         except RayTaskError as exc:
@@ -366,9 +420,11 @@ class Driver:
         done = sum(self.counts.values())
         if self.on_progress is not None:
             self.on_progress({**self.counts, "computed": self.computed})
+        ready = self._ready_actors()
+        self.metrics.actors(ready, len(self.slots))
         if self.bar is not None:
-            self.bar.set_postfix(ok=self.counts["ok"], failed=self.counts["failed"],
-                                 rejected=self.counts["rejected"], left=self.bar.total - done, refresh=False)
+            self.bar.set_postfix(ok=self.counts["ok"], failed=self.counts["failed"], rejected=self.counts["rejected"],
+                                 left=self.bar.total - done, actors=f"{ready}/{len(self.slots)}", refresh=False)
             self.bar.update(n)
 
     def _close_progress(self) -> None:

@@ -12,11 +12,14 @@ from typing import Any, Optional, Protocol
 
 
 class RunRecorder(Protocol):
-    """Receives every item's final outcome; `cost()` is the manifest's and summary's `cost` section."""
+    """Receives every item's final outcome and the run's capacity (actors ready of those wanted); `cost()` is
+    the manifest's and summary's `cost` section."""
 
     def item_done(self, seconds: Optional[float], gpu_seconds: Optional[float]) -> None: ...
 
     def item_failed(self) -> None: ...
+
+    def actors(self, ready: int, wanted: int) -> None: ...
 
     def cost(self) -> dict[str, Any]: ...
 
@@ -29,6 +32,7 @@ class RunTally:
         self.done = 0
         self.failed = 0
         self.gpu_seconds = 0.0
+        self.capacity = (0, 0)  # (ready, wanted) actors
 
     def item_done(self, seconds: Optional[float], gpu_seconds: Optional[float]) -> None:
         """One item finished: its engine seconds and its GPU seconds (None counts as 0)."""
@@ -38,6 +42,10 @@ class RunTally:
     def item_failed(self) -> None:
         """One item recorded as failed (its attempts are spent, or the failure is permanent)."""
         self.failed += 1
+
+    def actors(self, ready: int, wanted: int) -> None:
+        """The run's capacity: actors ready of those wanted (fewer while lost ones are being restarted)."""
+        self.capacity = (ready, wanted)
 
     def estimated_usd(self) -> Optional[float]:
         """GPU hours times the hourly price; None when no price is configured."""

@@ -142,7 +142,6 @@ class RetryConfig(StrictModel):
     base_delay: float = Field(1.0, ge=0, description="Seconds before the first retry.")
     max_delay: float = Field(60.0, ge=0, description="Cap on the delay between tries.")
     jitter: float = Field(0.5, ge=0, le=1, description="Fraction of each delay that is randomized.")
-    worker_starts: int = Field(3, ge=1, description="Consecutive failed starts of one actor slot before the job aborts.")
 
 
 class TimeoutConfig(StrictModel):
@@ -150,6 +149,14 @@ class TimeoutConfig(StrictModel):
 
     item_seconds: Optional[float] = Field(900.0, gt=0, description="Per item: a batch gets batch size times this.")
     startup_seconds: float = Field(900.0, gt=0, description="For an actor to load its models and report ready.")
+    no_capacity_seconds: float = Field(
+        3600.0, gt=0, description="An actor that cannot be (re)started is retried with backoff while the others "
+        "work on; the run stops (a rerun resumes) only when no actor has been able to run for this long.",
+    )
+    head_seconds: Optional[float] = Field(
+        None, gt=0, description="How long the Ray cluster's head may not answer before the run stops (a rerun "
+        "resumes); None: a margin before Ray itself would end the driver (its gcs_rpc_server_reconnect_timeout_s).",
+    )
 
 
 class ProcessorConfig(StrictModel):

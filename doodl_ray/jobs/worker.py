@@ -173,8 +173,10 @@ class JobWorker:
         self.setup = {"provenance": setup or None, "provenance_hash": fingerprint(setup) if setup else None}
 
     def ready(self) -> str:
-        """Answers once the constructor (model loading) has finished."""
-        return self.name
+        """Answers once the constructor (model loading) has finished: the id of the node it runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def process(self, batch: list[tuple[JobItem, int]]) -> list[Outcome]:
         """Run one batch; `batch` pairs each item with its attempt number (1-based)."""
