@@ -56,6 +56,10 @@ REFUSED = {  # name -> (spec, what the one line says)
     "no column": (lambda f: _noop(f, "c", input={"columns": {"prompt": "caption"}}), "no column 'caption'"),
     "filter type": (lambda f: _noop(f, "d", input={"filter": [{"column": "id", "gt": 3}]}), "input.filter on 'id'"),
     "bad run id": (lambda f: _noop(f, "e", run_id="../up"), "run_id"),
+    "ladder budget": (lambda f: _noop(f, "g", method={"ladder": [{"name": "none", "budget": 50}, {"name": "none", "budget": 500}],
+                                                      "acceptance": {"guide_loss": 1.0}}, budget={"total_unet_evals": 149}),
+                      "budget.total_unet_evals 149 is too small for every item's first rung: 3 items x 50 UNet "
+                      "evaluations (none) = 150"),
 }
 
 

@@ -2,8 +2,9 @@
 always give the same verdict with the same one-line reason.
 
 In order: the output (it holds no run of another spec or format), the diffusion model (a supported family,
-the image shape it decodes to), the guidance and evaluation models' static checks, the input (files, columns,
-types, filter, ids, targets), and the ledger already under the output (it describes this input). Offline
+the image shape it decodes to), the guidance, evaluation and acceptance models' static checks, the input (files,
+columns, types, filter, ids, targets), a ladder's dataset budget (it pays for every item's first rung), and the
+ledger already under the output (it describes this input). Offline
 (`validate --offline`), checks that need remote storage or a model hub are skipped and listed instead."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Optional
 from doodl_ray.errors import DoodlError, InvalidInput
 from doodl_ray.fetch import is_remote
 from doodl_ray.jobs.formats import output_format
+from doodl_ray.jobs.ladder import LadderConfig, check_first_rung
 from doodl_ray.jobs.ledger import Ledger, LedgerState, manifest_format
 from doodl_ray.jobs.reader import InputPlan, TargetCheck, read_input
 from doodl_ray.jobs.spec import JobSpec
@@ -54,6 +56,8 @@ def _preflight(spec: JobSpec, offline: bool, force: bool, retry_failed: bool, ch
         skipped.append(f"input {spec.input.uri} (remote storage)")
     else:
         plan = read_input(spec, spec.storage.fsspec_options(spec.input.uri), check)
+        if isinstance(spec.method, LadderConfig):
+            check_first_rung(spec.method, spec.budget, len(plan.items))
     if remote_output:
         skipped.append(f"output {spec.output.uri} (remote storage)")
     resume = None if output is None or plan is None else output.resume(plan, spec.result_hash(), retry_failed)
@@ -87,7 +91,7 @@ def target_check(spec: JobSpec, storage_options: dict[str, Any],
     from doodl_ray.guidance.spec import build_guidance, check_guidance
 
     shape, skipped = _model_check(spec, storage_options, offline) if spec.processor.name == "engine" else (None, [])
-    configs, loadable = [c for c in (spec.guidance, spec.evaluation) if c is not None], []
+    configs, loadable = [c for c in (spec.guidance, spec.evaluation, _acceptance_model(spec)) if c is not None], []
     for config in configs:
         missed = check_guidance(config, storage_options, shape, offline)
         skipped += missed
@@ -124,8 +128,18 @@ def _model_check(spec: JobSpec, storage_options: dict[str, Any], offline: bool) 
 
     skipped = check_model(spec.model, storage_options, offline)
     info = None if skipped else inspect_model(spec.model, storage_options, offline)
-    sampler = spec.method.sampler
+    method = spec.method
+    if info and isinstance(method, LadderConfig) and method.acceptance.prior is not None \
+            and not info.family.startswith("pixel"):
+        raise InvalidInput(f"method.acceptance.prior needs a pixel-space model (the image is its latent); "
+                           f"{spec.model} is a {info.family} model")
+    sampler = spec.rungs[0].sampler
     return (image_shape(info, sampler.height, sampler.width) if info else None), skipped
+
+
+def _acceptance_model(spec: JobSpec) -> Any:
+    """A ladder's acceptance model, checked like the guide (None: none)."""
+    return spec.method.acceptance.model if isinstance(spec.method, LadderConfig) else None
 
 
 def _labels_check(labels: list[str]) -> TargetCheck:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from doodl_ray.config import MethodConfig, StrictModel, validation_problems
 from doodl_ray.errors import InvalidInput
 from doodl_ray.guidance.spec import GuidanceConfig
+from doodl_ray.jobs.ladder import BudgetConfig, LadderConfig, check_ladder
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 """Names that are safe as one storage path segment: no '/', no leading '.', so never '..'."""
@@ -186,7 +187,10 @@ class JobSpec(StrictModel):
         None, description="Independent model that scores each result before and after (never guides); "
         "its scores land in the results' `scores` column as eval/* and eval_initial/*.",
     )
-    method: MethodConfig = Field(MethodConfig(), description="Generation method and its parameters.")
+    method: Union[MethodConfig, LadderConfig] = Field(
+        MethodConfig(), description="Generation method and its parameters, or an escalation ladder of them "
+        "(`ladder` and `acceptance`: jobs.ladder).")
+    budget: BudgetConfig = Field(BudgetConfig(), description="The whole job's compute (with a ladder).")
     dtype: Optional[Literal["float32", "float16", "bfloat16"]] = Field(
         None, description="Model dtype; None: the engine's default for the device."
     )
@@ -205,10 +209,31 @@ class JobSpec(StrictModel):
             raise ValueError("must be 1-128 of letters, digits, '.', '_', '-', not starting with '.' or '-'")
         return value
 
+    @field_validator("method", mode="wrap")
+    @classmethod
+    def _method_or_ladder(cls, value: Any, handler: Any) -> Any:
+        """A `method` block with rungs is a ladder, any other one method: each is checked by its own model
+        alone, so a mistake is reported at its own field."""
+        if isinstance(value, (MethodConfig, LadderConfig)):
+            return handler(value)
+        return (LadderConfig if isinstance(value, dict) and "ladder" in value else MethodConfig).model_validate(value)
+
+    @model_validator(mode="after")
+    def _ladder_rules(self) -> "JobSpec":
+        check_ladder(self.method, self.budget, self.guidance.type if self.guidance is not None else None)
+        return self
+
+    @property
+    def rungs(self) -> list[MethodConfig]:
+        """The method settings items run, in order: a ladder's rungs, or the one method."""
+        return list(self.method.ladder) if isinstance(self.method, LadderConfig) else [self.method]
+
     def result_hash(self) -> str:
         """Fingerprint of the fields that decide the results; resume requires it to match."""
         data = self.model_dump(mode="json", include={"input", "model", "guidance", "evaluation", "method", "dtype", "seed", "processor"})
         data["shard_size"] = self.output.shard_size
+        if self.budget.total_unet_evals is not None:  # which items escalate (absent: the hashes of earlier releases)
+            data["budget"] = self.budget.model_dump(mode="json")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def public_dump(self) -> dict[str, Any]:
