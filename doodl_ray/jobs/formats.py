@@ -11,8 +11,8 @@ Each format is a writer with its readers (a shard's samples in row order; one im
 img2dataset writer answers to one interface, and registers itself under its name (`register_format`); a
 spec names a format of another package as `package.module:name`, which that module registers when imported.
 Everything else (where workers stage images, when a shard is packed, the results files and markers) is the
-ledger's (jobs.ledger). The packed formats hold a shard's ok rows, in row order, in one container that lands
-under its final name whole (Storage.open_atomic)."""
+ledger's (jobs.ledger). The packed formats hold a shard's rows with images (ok, unaccepted), in row order, in one
+container that lands under its final name whole (Storage.open_atomic)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from doodl_ray.errors import InvalidInput
-from doodl_ray.jobs.rows import RESULT_SCHEMA, json_row
+from doodl_ray.jobs.rows import RESULT_SCHEMA, WITH_IMAGES, json_row
 from doodl_ray.jobs.storage import Storage
 
 KINDS = {"image": "png", "initial_image": "initial.png"}
@@ -134,10 +134,10 @@ class FilesFormat(OutputFormat):
                                        for row, images in chunk for kind in images})
             for row, _ in chunk:
                 located[row["key"]] = {f"{kind}_uri": uris.get(self.final_key(row["key"], kind)) for kind in KINDS}
-        return [{**row, **located[row["key"]]} if row["status"] == "ok" else row for row in rows]
+        return [{**row, **located[row["key"]]} if row["status"] in WITH_IMAGES else row for row in rows]
 
     def samples(self, storage: Storage, shard: int, rows: list[dict[str, Any]]) -> Samples:
-        return read_loose(storage, [r for r in rows if r["status"] == "ok"], self.final_key)
+        return read_loose(storage, [r for r in rows if r["status"] in WITH_IMAGES], self.final_key)
 
 
 class PackedFormat(OutputFormat):

@@ -6,6 +6,8 @@ the images' own layout in each output format is the format's (jobs.formats).
     OUTPUT/results/shard-NNNNN.parquet                a finished shard's rows (one per input row)
     OUTPUT/results/shard-NNNNN.done.json              the shard's done marker and stats (written last)
     OUTPUT/staging/shard-NNNNN/<key>.<kind>.png       a packed format's images of a shard still open
+    OUTPUT/rungs/shard-NNNNN/<token>.parquet          an escalation ladder's rung results not yet final
+    OUTPUT/rungs/shard-NNNNN/<key>.rung-R.<kind>.png  their images (jobs.escalation promotes the best one)
 
 Parts make finished work durable the moment a worker has it, so a driver killed at any point loses at most
 the batches in flight. A packed format's images are staged as each item finishes and packed when its shard
@@ -14,7 +16,10 @@ means a complete shard, and a driver killed in between packs the same staged ima
 
 A shard is done when its marker exists and describes the same rows (ids hash) and the same spec (result
 hash). Rows are read with one merge rule: an id with several rows (a batch that finished twice around a
-crash, a failure being retried) keeps its best: ok beats failed beats rejected, then the latest."""
+crash, a failure being retried) keeps its best: ok beats unaccepted beats failed beats rejected, then the latest.
+A ladder's rung result that no rung has accepted yet is not a row of the results: it waits under rungs/ until the
+item is final (accepted by a later rung, or unaccepted with its best image), and its shard's files go when the
+shard is finished."""
 
 from __future__ import annotations
 
@@ -45,11 +50,11 @@ from doodl_ray.jobs.formats import (
     read_loose,
 )
 from doodl_ray.jobs.reader import InputPlan
-from doodl_ray.jobs.rows import STATUSES, as_kept, now, to_parquet, typed
+from doodl_ray.jobs.rows import STATUSES, WITH_IMAGES, as_kept, now, to_parquet, typed
 from doodl_ray.jobs.storage import Storage, check_key
 
 MANIFEST = "manifest.json"
-_RANK = {"ok": 2, "failed": 1, "rejected": 0}
+_RANK = {"ok": 3, "unaccepted": 2, "failed": 1, "rejected": 0}
 _IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -69,6 +74,10 @@ def staging_prefix(shard: int) -> str:
     return f"staging/shard-{shard:05d}"
 
 
+def rungs_prefix(shard: int) -> str:
+    return f"rungs/shard-{shard:05d}"
+
+
 def _part_shard(key: str) -> int:
     return int(key.split("/")[2].removeprefix("shard-"))
 
@@ -86,7 +95,8 @@ def manifest_format(manifest: dict[str, Any]) -> str:
 
 
 def best_per_id(table: pa.Table) -> pa.Table:
-    """One row per id, the merge rule: ok beats failed beats rejected, then the latest (later rows win ties)."""
+    """One row per id, the merge rule: ok beats unaccepted beats failed beats rejected, then the latest (later rows
+    win ties)."""
     counts = pc.value_counts(table["id"])
     repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(repeated) == 0:
@@ -110,10 +120,11 @@ class LedgerState:
     """Resume state: finished shards, and the rows already computed for the others."""
 
     complete: dict[int, dict[str, Any]] = field(default_factory=dict)  # shard -> its marker
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> final row (ok/failed) of open shards
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> final row (not rejected) of open shards
 
     def done_ids(self, retry_failed: bool) -> set[str]:
-        return {i for i, r in self.rows.items() if r["status"] == "ok" or (r["status"] == "failed" and not retry_failed)}
+        return {i for i, r in self.rows.items()
+                if r["status"] in WITH_IMAGES or (r["status"] == "failed" and not retry_failed)}
 
 
 class Ledger:
@@ -249,7 +260,8 @@ class Ledger:
                 for r in self.read_rows(key)]
 
     def images(self, rows: list[dict[str, Any]]) -> dict[str, Images]:
-        """The images of these ok rows of finished shards, by key, read shard by shard in the run's format."""
+        """The images of these rows (ok, unaccepted) of finished shards, by key, read shard by shard in the run's
+        format."""
         found: dict[str, Images] = {}
         for shard in sorted({r["shard"] for r in rows}):
             shard_rows = [r for r in rows if r["shard"] == shard]
@@ -260,10 +272,11 @@ class Ledger:
 
     def holds_image(self, row: dict[str, Any], kind: str, finished: set[int]) -> bool:
         """Whether the run keeps an image of `kind` for this row, from the row alone (nothing is read): in
-        place, the row records one under the run's own images; packed, the row is ok in a finished shard."""
+        place, the row records one under the run's own images; packed, the row has images (ok, unaccepted) in a
+        finished shard."""
         if self.format.in_place:
             return self._recorded_key(row.get(f"{kind}_uri")) is not None
-        return row.get("status") == "ok" and row.get("shard") in finished
+        return row.get("status") in WITH_IMAGES and row.get("shard") in finished
 
     def image(self, row: dict[str, Any], kind: str, finished: set[int]) -> Optional[bytes]:
         """An image of a row, or None. In place, only through the URI the row records, and only when it names
@@ -328,6 +341,7 @@ class Ledger:
                   "format": self.format.name, "finished_at": now().isoformat()}
         self.storage.write_bytes(marker_key(shard), json.dumps(marker).encode())
         self.storage.delete_prefix(parts_prefix(shard))
+        self.storage.delete_prefix(rungs_prefix(shard))
         if not self.format.in_place:
             self.storage.delete_prefix(staging_prefix(shard))
         return marker
@@ -335,7 +349,7 @@ class Ledger:
     def _pack(self, shard: int, rows: list[dict[str, Any]], samples: Optional[Samples]) -> list[dict[str, Any]]:
         if samples is None and self.format.in_place:
             return rows  # the workers wrote each image in place, and its URI into its row
-        ok = [r for r in rows if r["status"] == "ok"]
+        ok = [r for r in rows if r["status"] in WITH_IMAGES]
         source = self._staged(shard, ok) if samples is None else samples
         return self.format.write(self.storage, shard, rows, _matched(ok, source,
                                                                      self.storage.url(self.format.location(shard))))
@@ -352,13 +366,49 @@ class Ledger:
                 images = next((found for k, found in packed if k == key), {})
             yield key, images
 
+    # ---- a ladder's rung results, until their item is final (jobs.escalation) ------------------------------
+
+    def rung_image_key(self, shard: int, key: str, rung: int, kind: str) -> str:
+        return f"{rungs_prefix(shard)}/{key}.rung-{rung}.{KINDS[kind]}"
+
+    def write_rung_image(self, shard: int, key: str, rung: int, kind: str, png: bytes) -> str:
+        """Keep one image of a rung result that was not accepted (worker side); returns its URI."""
+        return self.storage.write_bytes(self.rung_image_key(shard, key, rung, kind), png)
+
+    def write_rungs(self, shard: int, token: str, rows: list[dict[str, Any]]) -> None:
+        """Persist one batch's rung results that were not accepted, for a shard (worker side)."""
+        self.storage.write_bytes(f"{rungs_prefix(shard)}/{token}.parquet", to_parquet(rows))
+
+    def rungs(self, shards: Iterable[int], spec_hash: str) -> list[dict[str, Any]]:
+        """The rung results kept for these shards by this spec, oldest first (a rung that finished twice
+        around a crash appears twice; the caller keeps one per item and rung)."""
+        rows: list[dict[str, Any]] = []
+        for shard in shards:
+            for key in self.storage.list(rungs_prefix(shard), ".parquet"):
+                rows += [r for r in self.read_rows(key) if r["spec_hash"] == spec_hash]
+        return sorted(rows, key=lambda r: r["finished_at"])
+
+    def promote_rungs(self, rows: list[dict[str, Any]]) -> list[dict[str, Optional[str]]]:
+        """Copy each rung result's images to where its item's final images go; their URIs by row column, per row."""
+        wanted = {(i, kind): self.rung_image_key(r["shard"], r["key"], r["rung"], kind)
+                  for i, r in enumerate(rows) for kind in KINDS if r.get(f"{kind}_uri")}
+        found = self.storage.read_many(sorted(set(wanted.values())))
+        missing = sorted(set(wanted.values()) - set(found))
+        if missing:  # a rung result is written after its images, so this is damage, not a crash
+            raise DoodlError(f"{self.storage.url(missing[0])}: a kept rung result's image is missing")
+        targets = {(i, kind): self.stage_key(rows[i]["shard"], rows[i]["key"], kind) for i, kind in wanted}
+        uris = self.storage.write_many({targets[w]: found[key] for w, key in wanted.items()})
+        return [{f"{kind}_uri": uris.get(targets[(i, kind)]) if (i, kind) in targets else None for kind in KINDS}
+                for i in range(len(rows))]
+
     def tidy(self) -> None:
         """Drop what a run with every shard finished no longer needs (e.g. images staged by killed workers)."""
         self.storage.delete_prefix("staging")
+        self.storage.delete_prefix("rungs")
 
     def clear(self) -> None:
         """Remove every result and image (`run --force`), in whichever format an earlier run wrote them."""
-        for prefix in ("results", "staging", *sorted({p for f in FORMATS.values() for p in f.prefixes})):
+        for prefix in ("results", "staging", "rungs", *sorted({p for f in FORMATS.values() for p in f.prefixes})):
             self.storage.delete_prefix(prefix)
 
 

@@ -1,8 +1,9 @@
 """A result row: its columns (the same in every output format) and how each outcome becomes one.
 
 Every input row ends as exactly one result row: `ok` (the worker's result, its scores, compute and
-provenance), `failed` (attempts spent, or a permanent error) or `rejected` (never dispatched). Where rows
-live and how they are merged is the ledger's business (jobs.ledger)."""
+provenance), `unaccepted` (an escalation ladder's item that no rung accepted, with its best image: jobs.ladder),
+`failed` (attempts spent, or a permanent error) or `rejected` (never dispatched). Where rows live and how they
+are merged is the ledger's business (jobs.ledger)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import pyarrow.parquet as pq
 from doodl_ray.jobs.reader import JobItem, RejectedRow
 from doodl_ray.provenance import PROVENANCE_TYPE
 
-STATUSES = ("ok", "failed", "rejected")
+STATUSES = ("ok", "unaccepted", "failed", "rejected")
+WITH_IMAGES = ("ok", "unaccepted")
+"""Statuses whose rows have images."""
 SCORES_TYPE = pa.map_(pa.string(), pa.float64())
 COUNTS_TYPE = pa.map_(pa.string(), pa.int64())
 
@@ -28,7 +31,7 @@ RESULT_SCHEMA = pa.schema([
     ("key", pa.string()),  # its storage key (jobs.keys): the name of its images in every format
     ("shard", pa.int32()),
     ("source", pa.string()),  # input file#row
-    ("status", pa.string()),  # ok | failed | rejected
+    ("status", pa.string()),  # ok | unaccepted | failed | rejected
     ("image_uri", pa.string()),  # files format: the image's URI; packed formats: null (it is in the sample)
     ("initial_image_uri", pa.string()),  # the same for the unguided sample from the same noise
     ("prompt", pa.string()),
@@ -51,6 +54,8 @@ RESULT_SCHEMA = pa.schema([
     ("seconds", pa.float64()),  # engine time for the item
     ("gpu_seconds", pa.float64()),  # the item's share of its batch's wall time, times GPUs per actor
     ("compute", COUNTS_TYPE),  # model evaluations the item cost, e.g. {"unet_forward": 240, "unet_evals": 240}
+    ("rung", pa.int32()),  # a ladder's rung (1-based) that made the image: the accepting one, or the best one
+    ("rung_evals", pa.list_(pa.int64())),  # a ladder's UNet evaluations of each rung the item ran, in order
     ("worker", pa.string()),
     ("session", pa.string()),  # which driver invocation computed it
     ("model", pa.string()),
