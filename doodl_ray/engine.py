@@ -201,6 +201,17 @@ class Engine:
                     row.update(scores)
         return rows
 
+    @torch.no_grad()
+    def prior(self, items: Sequence[Item], images01: Tensor, levels: Sequence[float]) -> Tensor:
+        """The diffusion prior (methods.prior) of finished images of these items at `levels`, on the CPU: what an
+        escalation ladder's acceptance rule reads (jobs.ladder_worker). Pixel models only, whose image is its
+        own latent (a latent model's would need its encoder)."""
+        if not self.diffusion.family.startswith("pixel"):
+            raise InvalidInput(f"the diffusion prior of an image needs a pixel-space model, not {self.diffusion.family}")
+        prior = DiffusionPrior(self._condition(items), self.diffusion.training_pair, levels, self.latent_shape,
+                               self.device, self.coupling_dtype)
+        return prior(images01.to(self.device, self.coupling_dtype) * 2 - 1).to("cpu", torch.float64)
+
 
 def to_uint8(images: Tensor) -> np.ndarray:
     """[B, C, H, W] in [0, 1] -> [B, H, W, C] uint8."""

@@ -1,4 +1,6 @@
-"""`doodl-ray status OUTPUT_URI`: a run's counts, read from its ledger (markers and results parts)."""
+"""`doodl-ray status OUTPUT_URI`: a run's counts, read from its ledger (markers and results parts); for an
+escalation ladder also what it bought: accepted and unaccepted items, UNet evaluations per accepted image and
+acceptance per rung."""
 
 from __future__ import annotations
 
@@ -21,12 +23,37 @@ def run(args: argparse.Namespace) -> int:
     from doodl_ray.jobs.storage import Storage
 
     storage = Storage(args.output, StorageConfig(endpoint_url=args.endpoint_url).fsspec_options(args.output))
-    counts = Ledger(storage).counts()
+    ledger = Ledger(storage)
+    counts = ledger.counts()
+    spec = (ledger.run_manifest().get("spec") or {})
+    if "ladder" in (spec.get("method") or {}):
+        from doodl_ray.jobs.escalation import ladder_report
+        from doodl_ray.jobs.ladder import LadderConfig
+
+        total = (spec.get("budget") or {}).get("total_unet_evals")
+        counts["ladder"] = ladder_report(ledger, LadderConfig.model_validate(spec["method"]), total)
     if args.json:
         print(json.dumps(counts))
-    else:
-        print(f"run {counts['run_id']} ({counts['state']}, started {counts['started_at']}"
-              + (f", finished {counts['finished_at']})" if counts["finished_at"] else ")"))
-        print(f"  rows {counts['rows']}: ok {counts['ok']}, failed {counts['failed']}, rejected {counts['rejected']}, "
-              f"pending {counts['pending']}; shards done {counts['shards_done']}/{counts['shards']}")
+        return 0
+    print(f"run {counts['run_id']} ({counts['state']}, started {counts['started_at']}"
+          + (f", finished {counts['finished_at']})" if counts["finished_at"] else ")"))
+    unaccepted = f"unaccepted {counts['unaccepted']}, " if "ladder" in counts else ""
+    print(f"  rows {counts['rows']}: ok {counts['ok']}, {unaccepted}failed {counts['failed']}, "
+          f"rejected {counts['rejected']}, pending {counts['pending']}; "
+          f"shards done {counts['shards_done']}/{counts['shards']}")
+    if "ladder" in counts:
+        print(ladder_text(counts["ladder"]))
     return 0
+
+
+def ladder_text(report: dict) -> str:
+    """A ladder's report as lines: the totals, then a line per rung."""
+    per = report["unet_evals_per_accepted"]
+    budget = f" of a budget of {report['budget']}" if report["budget"] else ""
+    lines = [f"  ladder: {report['accepted']} accepted, {report['unaccepted']} unaccepted; {report['unet_evals']} UNet "
+             f"evaluations{budget}, " + (f"{per:.0f} per accepted image" if per is not None else "none accepted")]
+    for rung in report["rungs"]:
+        rate = f"{rung['acceptance']:.2f}" if rung["acceptance"] is not None else "-"
+        lines.append(f"    rung {rung['rung']} {rung['method']} (budget {rung['budget']}): {rung['items']} items, "
+                     f"{rung['accepted']} accepted ({rate}), {rung['unet_evals']} UNet evaluations")
+    return "\n".join(lines)

@@ -23,13 +23,16 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from doodl_ray.errors import RunInterrupted
+from doodl_ray.jobs.escalation import Escalation, ladder_report
 from doodl_ray.jobs.health import ClusterWatch
+from doodl_ray.jobs.ladder import LadderConfig
+from doodl_ray.jobs.ladder_worker import LadderWorker
 from doodl_ray.jobs.ledger import Ledger, LedgerState, ids_hash
 from doodl_ray.jobs.metrics import RunRecorder, RunTally
 from doodl_ray.jobs.preflight import preflight
 from doodl_ray.jobs.reader import InputPlan, JobItem
 from doodl_ray.jobs.spec import JobSpec
-from doodl_ray.jobs.rows import RowContext, failure_row, now, rejected_row
+from doodl_ray.jobs.rows import STATUSES, WITH_IMAGES, RowContext, failure_row, now, rejected_row
 from doodl_ray.jobs.storage import Storage, backoff_delay
 from doodl_ray.jobs.worker import JobWorker, Outcome
 from doodl_ray.provenance import code_version
@@ -56,15 +59,24 @@ class RunSummary:
     seconds: float
     cost: dict[str, Any] = field(default_factory=dict)
     head_lost: bool = False  # the cluster's head did not answer at the end (Ray cannot shut down cleanly)
+    unaccepted: int = 0
+    ladder: dict[str, Any] = field(default_factory=dict)  # an escalation ladder's report (jobs.escalation)
 
     @property
     def items_per_s(self) -> float:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
 
     def text(self) -> str:
-        return (f"run {self.run_id}: {self.rows} rows -> {self.ok} ok, {self.failed} failed, {self.rejected} rejected; "
-                f"computed {self.computed} this run ({self.items_per_s:.2f} items/s over {self.seconds:.1f} s), "
-                f"{self.resumed} already done; results in {self.output}" + self._cost_text())
+        unaccepted = f"{self.unaccepted} unaccepted, " if self.ladder else ""
+        return (f"run {self.run_id}: {self.rows} rows -> {self.ok} ok, {unaccepted}{self.failed} failed, "
+                f"{self.rejected} rejected; computed {self.computed} this run ({self.items_per_s:.2f} items/s over "
+                f"{self.seconds:.1f} s), {self.resumed} already done; results in {self.output}"
+                + self._ladder_text() + self._cost_text())
+
+    def _ladder_text(self) -> str:
+        per = self.ladder.get("unet_evals_per_accepted")
+        return "" if not self.ladder else (f"; {self.ladder['unet_evals']} UNet evaluations"
+                                           + (f", {per:.0f} per accepted image" if per is not None else ""))
 
     def _cost_text(self) -> str:
         if self.cost.get("estimated_usd") is None:
@@ -113,7 +125,10 @@ class Driver:
         self.ledger = Ledger(storage, spec.output.format)
         self.spec_hash = spec.result_hash()
         self.context = RowContext(self.session, self.spec_hash, spec.method.name, spec.model, code_version())
-        self.counts = {"ok": 0, "failed": 0, "rejected": 0}
+        self.counts = {status: 0 for status in STATUSES}
+        ladder = spec.method if isinstance(spec.method, LadderConfig) else None
+        self.ladder = None if ladder is None else Escalation(ladder, spec.budget.total_unet_evals, self.ledger,
+                                                              self.context)
         self.computed = 0
         self._seq = itertools.count()
         self.slots: list[_Slot] = []
@@ -136,6 +151,7 @@ class Driver:
             "totals": {"rows": plan.rows, "items": len(plan.items), "rejected": len(plan.rejected),
                        "shards": len(plan.shard_ids), **self.counts},
             "cost": self.metrics.cost(),
+            **({"ladder": ladder_report(self.ledger, self.ladder.ladder, self.ladder.total)} if self.ladder else {}),
         }
 
     # ---- run -----------------------------------------------------------------------------------------
@@ -155,7 +171,7 @@ class Driver:
         self._progress_bar(plan.rows)
         try:
             if pending:
-                self._dispatch(pending)
+                self._dispatch(pending, state)
         except RunInterrupted as exc:
             manifest = self._manifest(plan, exc.state, started, now().isoformat())
             self.ledger.write_manifest({**manifest, "interruption": str(exc)})
@@ -163,11 +179,13 @@ class Driver:
         finally:
             self._close_progress()
         self.ledger.tidy()  # every shard is finished
-        self.ledger.write_manifest(self._manifest(plan, "finished", started, now().isoformat()))
+        manifest = self._manifest(plan, "finished", started, now().isoformat())
+        self.ledger.write_manifest(manifest)
         self.watch.poll(force=True)
         return RunSummary(self.spec.run_id, self.spec.output.uri, self.session, plan.rows, self.counts["ok"],
                           self.counts["failed"], self.counts["rejected"], self.computed, self.resumed,
-                          time.perf_counter() - t0, self.metrics.cost(), self.watch.unreachable_since is not None)
+                          time.perf_counter() - t0, self.metrics.cost(), self.watch.unreachable_since is not None,
+                          unaccepted=self.counts["unaccepted"], ladder=manifest.get("ladder", {}))
 
     def _setup_shards(self, plan: InputPlan, state: LedgerState) -> list[JobItem]:
         """Shard bookkeeping from the ledger; finalizes shards with nothing left; returns the items to run."""
@@ -185,7 +203,7 @@ class Driver:
                     self.unnamed.setdefault(row.shard, []).append(rejected_row(row, self.context))
                 self.counts["rejected"] += 1
         done = state.done_ids(self.retry_failed)
-        self.resumed = len(done) + sum(m.get("ok", 0) + m.get("failed", 0) for m in state.complete.values())
+        self.resumed = len(done) + sum(m.get(s, 0) for m in state.complete.values() for s in (*WITH_IMAGES, "failed"))
         for item_id in done:
             row = state.rows[item_id]
             self.shard_rows[row["shard"]][item_id] = row
@@ -204,13 +222,21 @@ class Driver:
         ordered = [rows[i] if i else next(unnamed) for i in self.plan.shard_ids[shard]]
         self.ledger.finalize_shard(shard, ordered, ids_hash(self.plan.shard_ids[shard]), self.spec_hash)
 
+    def _settle(self, item: JobItem, row: dict[str, Any]) -> None:
+        """An item's outcome: its final row or, on a ladder, a rung result it may climb from (jobs.escalation)."""
+        rows = self.shard_rows.get(item.shard)
+        if rows is None or item.id in rows:
+            return  # already final (a duplicate report after a restart)
+        for final_item, final_row in self.ladder.settle(item, row) if self.ladder else [(item, row)]:
+            self._record(final_item, final_row)
+
     def _record(self, item: JobItem, row: dict[str, Any]) -> None:
         """An item's final row: count it, and close its shard when it was the last one."""
         if item.id in self.shard_rows.get(item.shard, {}):
             return  # already final (a duplicate report after a restart)
         self.shard_rows[item.shard][item.id] = row
         self.counts[row["status"]] += 1
-        if row["status"] == "ok":
+        if row["status"] in WITH_IMAGES:
             self.metrics.item_done(row.get("seconds"), row.get("gpu_seconds"))
         elif row["status"] == "failed":
             self.metrics.item_failed()
@@ -226,7 +252,7 @@ class Driver:
         res = self.spec.resources
         slot.generation += 1
         name = f"doodl-ray.{self.spec.run_id}.{self.session}.w{slot.index}.{slot.generation}"
-        slot.actor = ray.remote(JobWorker).options(
+        slot.actor = ray.remote(JobWorker if self.ladder is None else LadderWorker).options(
             num_gpus=res.gpus_per_actor, num_cpus=res.cpus_per_actor, name=name, max_restarts=0, max_concurrency=1,
             **self._placement(),
         ).remote(self.spec, self.context, name)
@@ -275,7 +301,7 @@ class Driver:
         if entry.attempts >= self.spec.retries.attempts:
             row = failure_row(entry.item, self.context, "failed", error, entry.attempts)
             row["error_type"] = error_type
-            self._record(entry.item, row)
+            self._settle(entry.item, row)
             return
         delay = backoff_delay(self.spec.retries, entry.attempts)
         heapq.heappush(self.delayed, (time.monotonic() + delay, next(self._seq), entry))
@@ -285,32 +311,38 @@ class Driver:
         for outcome in outcomes:
             entry = entries[outcome.id]
             if outcome.row is not None:
-                self._record(entry.item, outcome.row)
+                self._settle(entry.item, outcome.row)
             elif outcome.permanent:
                 row = failure_row(entry.item, self.context, outcome.status, outcome.error or "", entry.attempts + 1)
                 row["error_type"] = outcome.error_type
-                self._record(entry.item, row)
+                self._settle(entry.item, row)
             else:
                 self._retry_or_fail(entry, outcome.error_type or "Error", outcome.error or "")
 
-    def _dispatch(self, pending: list[JobItem]) -> None:
+    def _dispatch(self, pending: list[JobItem], state: LedgerState) -> None:
         spec = self.spec
         queue: deque[_Entry] = deque(_Entry(item) for item in pending)
         self.delayed: list = []
         slots, self.capacity_seen = self.slots, time.monotonic()
+        if self.ladder is not None:  # a ladder hands the items out a pass (a rung) at a time
+            queue.clear()
+            for item, row in self.ladder.start(pending, state, set(self.shard_rows)):
+                self._record(item, row)
         try:
             while self.shard_rows:
                 clock = time.monotonic()
                 self._check_cluster(clock)
                 while self.delayed and self.delayed[0][0] <= clock:
                     queue.append(heapq.heappop(self.delayed)[2])
+                if self.ladder is not None and not self.delayed and not any(s.inflight for s in slots):
+                    self._climb(queue)
                 for slot in slots:
                     if slot.actor is None and clock >= slot.restart_at:
                         self._start(slot)
                     elif not slot.ready and slot.actor is not None and clock > slot.ready_by:
                         self._start_failed(slot, queue, f"not ready after {spec.timeouts.startup_seconds:g} s "
                                            "(are the requested GPUs/CPUs available?)")
-                    while slot.ready and len(slot.inflight) < spec.resources.inflight_per_actor and queue:
+                    while slot.ready and len(slot.inflight) < spec.resources.inflight_per_actor and self._admit(queue):
                         self._submit(slot, queue)
                     if slot.inflight and slot.inflight[0].deadline < clock:
                         head = slot.inflight[0]
@@ -334,9 +366,26 @@ class Driver:
                 if slot.actor is not None:
                     ray.kill(slot.actor, no_restart=True)
 
+    def _admit(self, queue: deque) -> bool:
+        """Whether the queue's next item may go now (on a ladder: the budget can pay for its rung)."""
+        return bool(queue) and (self.ladder is None or self.ladder.admit(queue[0].item))
+
+    def _climb(self, queue: deque) -> None:
+        """A ladder with nothing in flight: the next pass starts when this one is done, and the items the budget
+        cannot pay for end unaccepted (nothing in flight can leave budget over for them)."""
+        if not queue:
+            queue.extend(_Entry(item) for item in self.ladder.next_pass())
+        elif not self._admit(queue):
+            unpaid = [entry for entry in queue if not self.ladder.admit(entry.item)]
+            for entry in unpaid:
+                queue.remove(entry)
+            for item, row in self.ladder.exhausted([entry.item for entry in unpaid]):
+                self._record(item, row)
+
     def _submit(self, slot: _Slot, queue: deque) -> None:
         entries = [queue.popleft()]
-        while not entries[0].solo and queue and not queue[0].solo and len(entries) < self.spec.resources.batch_size:
+        while (not entries[0].solo and queue and not queue[0].solo and len(entries) < self.spec.resources.batch_size
+               and self._admit(queue)):
             entries.append(queue.popleft())
         batch = _Batch(entries, slot.actor.process.remote([(e.item, e.attempts + 1) for e in entries]))
         if not slot.inflight:
@@ -423,8 +472,10 @@ class Driver:
         ready = self._ready_actors()
         self.metrics.actors(ready, len(self.slots))
         if self.bar is not None:
-            self.bar.set_postfix(ok=self.counts["ok"], failed=self.counts["failed"], rejected=self.counts["rejected"],
-                                 left=self.bar.total - done, actors=f"{ready}/{len(self.slots)}", refresh=False)
+            unaccepted = {"unaccepted": self.counts["unaccepted"]} if self.ladder is not None else {}
+            self.bar.set_postfix(ok=self.counts["ok"], **unaccepted, failed=self.counts["failed"],
+                                 rejected=self.counts["rejected"], left=self.bar.total - done,
+                                 actors=f"{ready}/{len(self.slots)}", refresh=False)
             self.bar.update(n)
 
     def _close_progress(self) -> None:

@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -87,7 +87,7 @@ class EngineProcessor:
         from doodl_ray.provenance import describe
 
         dtype = getattr(torch, spec.dtype) if spec.dtype else None
-        self.engine = Engine(spec.model, spec.guidance, spec.method, device=device, dtype=dtype,
+        self.engine = Engine(spec.model, spec.guidance, spec.rungs[0], device=device, dtype=dtype,
                              storage_options=storage_options, evaluation=spec.evaluation)
         self.provenance = describe(spec, self.engine.device, self.engine.dtype, storage_options)
 
@@ -114,8 +114,9 @@ def pick_device(gpus: float) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build_processor(spec: JobSpec, storage_options: dict[str, Any], threads: int) -> Processor:
-    """The processor the spec names: engine, noop, or 'package.module:factory'."""
+def build_processor(spec: JobSpec, storage_options: dict[str, Any], threads: int,
+                    engine: type = EngineProcessor) -> Processor:
+    """The processor the spec names: engine (this class of it), noop, or 'package.module:factory'."""
     name, options = spec.processor.name, spec.processor.options
     if name == "noop":
         return NoopProcessor(**options)
@@ -125,7 +126,7 @@ def build_processor(spec: JobSpec, storage_options: dict[str, Any], threads: int
 
         torch.set_num_threads(threads)  # oversubscribed CPU threads slow torch 10-100x
     if name == "engine":
-        return EngineProcessor(spec, device, storage_options)
+        return engine(spec, device, storage_options)
     module, _, attr = name.partition(":")
     return getattr(importlib.import_module(module), attr)(spec, device, storage_options, **options)
 
@@ -162,13 +163,15 @@ def encode_png(image: np.ndarray) -> bytes:
 class JobWorker:
     """Ray actor body (wrapped with ray.remote by the driver, which sets its GPUs and CPUs)."""
 
+    ENGINE: type = EngineProcessor  # what processor "engine" is for this kind of worker
+
     def __init__(self, spec: JobSpec, context: RowContext, name: str):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         self.spec, self.context, self.name = spec, context, f"{socket.gethostname()}/{name}"
         storage = Storage(spec.output.uri, spec.storage.fsspec_options(spec.output.uri), spec.retries)
         self.ledger = Ledger(storage, spec.output.format)
         model_options = spec.storage.fsspec_options("s3://")  # models and reference images may live on S3
-        self.processor = build_processor(spec, model_options, max(1, int(spec.resources.cpus_per_actor)))
+        self.processor = build_processor(spec, model_options, max(1, int(spec.resources.cpus_per_actor)), self.ENGINE)
         setup = getattr(self.processor, "provenance", None)
         self.setup = {"provenance": setup or None, "provenance_hash": fingerprint(setup) if setup else None}
 
@@ -201,28 +204,35 @@ class JobWorker:
             except Exception as exc:
                 outcomes[item.id] = Outcome.failure(item.id, exc)
                 continue
-            compute = getattr(result, "compute", None)
-            row = base_row(item, self.context, "ok", attempt)
-            row.update(
-                **uris, initial_loss=float(result.initial_loss), final_loss=float(result.final_loss),
-                best_iteration=int(result.best_iteration), history=[float(v) for v in result.history],
-                terms={k: float(v) for k, v in result.terms.items()},
-                scores={k: float(v) for k, v in result.scores.items()}, started_at=started,
-                finished_at=now(), seconds=float(result.seconds), worker=self.name,
-                gpu_seconds=share * self.spec.resources.gpus_per_actor,
-                noise_hash=getattr(result, "noise_hash", None) or None,
-                compute={k: int(v) for k, v in sorted(compute.items())} if compute else None,
-                **self.setup,
-            )
-            outcomes[item.id] = Outcome(item.id, row=row)
+            outcomes[item.id] = Outcome(item.id, row=self._row(item, result, attempt, uris, started, share))
         self._persist([o for o in outcomes.values() if o.row is not None], {i.id: i.shard for i, _ in batch})
         return [outcomes[item.id] for item, _ in batch]
 
-    def _write_images(self, item: JobItem, result: Any) -> dict[str, Optional[str]]:
-        """The result's image and, when it has one, its unguided initial image; their URIs by row column."""
+    def _row(self, item: JobItem, result: Any, attempt: int, uris: dict[str, Optional[str]], started: Any,
+             share: float) -> dict[str, Any]:
+        """The row of a finished item: the result's losses, scores, compute and provenance."""
+        compute = getattr(result, "compute", None)
+        row = base_row(item, self.context, "ok", attempt)
+        row.update(
+            **uris, initial_loss=float(result.initial_loss), final_loss=float(result.final_loss),
+            best_iteration=int(result.best_iteration), history=[float(v) for v in result.history],
+            terms={k: float(v) for k, v in result.terms.items()},
+            scores={k: float(v) for k, v in result.scores.items()}, started_at=started,
+            finished_at=now(), seconds=float(result.seconds), worker=self.name,
+            gpu_seconds=share * self.spec.resources.gpus_per_actor,
+            noise_hash=getattr(result, "noise_hash", None) or None,
+            compute={k: int(v) for k, v in sorted(compute.items())} if compute else None,
+            **self.setup,
+        )
+        return row
+
+    def _write_images(self, item: JobItem, result: Any,
+                      write: Optional[Callable[[int, str, str, bytes], str]] = None) -> dict[str, Optional[str]]:
+        """The result's image and, when it has one, its unguided initial image (written by `write`, default where
+        the output format wants them); their URIs by row column."""
+        write = write or self.ledger.write_image
         images = {kind: getattr(result, kind, None) for kind in KINDS}  # ItemResult.image, .initial_image
-        return {f"{kind}_uri": None if image is None else
-                self.ledger.write_image(item.shard, item.key, kind, encode_png(image))
+        return {f"{kind}_uri": None if image is None else write(item.shard, item.key, kind, encode_png(image))
                 for kind, image in images.items()}
 
     def _run(self, items: list[Any]) -> dict[str, Any]:
@@ -239,15 +249,18 @@ class JobWorker:
             results.update(self._run([item]))
         return results
 
-    def _persist(self, done: list[Outcome], shards: dict[str, int]) -> None:
-        """One results part per shard; if it cannot be written, the items are not done (retried)."""
+    def _persist(self, done: list[Outcome], shards: dict[str, int],
+                 write: Optional[Callable[[int, str, list[dict[str, Any]]], None]] = None) -> None:
+        """One results part per shard (or what `write` keeps); if it cannot be written, the items are not done
+        (retried)."""
+        write = write or self.ledger.write_part
         token = uuid.uuid4().hex
         by_shard: dict[int, list[Outcome]] = {}
         for outcome in done:
             by_shard.setdefault(shards[outcome.id], []).append(outcome)
         for shard, outcomes in by_shard.items():
             try:
-                self.ledger.write_part(shard, token, [o.row for o in outcomes])  # type: ignore[misc]
+                write(shard, token, [o.row for o in outcomes])  # type: ignore[misc]
             except Exception as exc:
                 for outcome in outcomes:
                     failed = Outcome.failure(outcome.id, exc)

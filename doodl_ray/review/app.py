@@ -21,7 +21,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from doodl_ray.errors import InvalidInput
-from doodl_ray.review.gallery import GalleryQuery, distinct, gallery_page
+from doodl_ray.jobs.rows import STATUSES
+from doodl_ray.review.gallery import GalleryQuery, distinct, gallery_page, rungs
 from doodl_ray.review.report import build_report
 from doodl_ray.review.results import SCORE_PREFIX, RunResults
 from doodl_ray.review.study import AlreadyVoted, Study
@@ -110,7 +111,7 @@ def create_app(run: RunResults, votes: VoteStore, *, against: RunResults | None 
         return render_template(
             "gallery.html", run=shown, run_key=request.args.get("run", "a"), query=query, page=page,
             columns=score_columns(shown), numeric=shown.numeric_columns, targets=distinct(shown, "target"),
-            categories=distinct(shown, "category"), label=column_label)
+            categories=distinct(shown, "category"), rungs=rungs(shown), statuses=STATUSES, label=column_label)
 
     @app.get("/item")
     def item() -> str:

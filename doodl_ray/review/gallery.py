@@ -22,7 +22,8 @@ class GalleryQuery(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    status: Optional[Literal["ok", "failed", "rejected"]] = None
+    status: Optional[Literal["ok", "unaccepted", "failed", "rejected"]] = None
+    rung: Optional[int] = Field(None, ge=1, description="An escalation ladder's rung that made the image.")
     target: Optional[str] = Field(None, max_length=1000)
     category: Optional[str] = Field(None, max_length=1000)
     by: Optional[str] = Field(None, description="Numeric column that min and max bound.")
@@ -79,7 +80,8 @@ def gallery_page(run: RunResults, query: GalleryQuery) -> Page:
     """Filter, sort and cut one page out of the run's table."""
     table = run.table
     mask = None
-    for column, value in (("status", query.status), ("target", query.target), ("category", query.category)):
+    for column, value in (("status", query.status), ("target", query.target), ("category", query.category),
+                          ("rung", query.rung)):
         if value is not None and column in table.column_names:
             mask = _and(mask, pc.equal(table[column], value))
         elif value is not None:
@@ -106,6 +108,13 @@ def gallery_page(run: RunResults, query: GalleryQuery) -> Page:
 
 def _and(mask: pa.ChunkedArray | None, condition: pa.ChunkedArray) -> pa.ChunkedArray:
     return condition if mask is None else pc.and_kleene(mask, condition)
+
+
+def rungs(run: RunResults) -> list[int]:
+    """The ladder rungs that made the run's images (none outside a ladder), for the filter form."""
+    if "rung" not in run.table.column_names:
+        return []
+    return sorted(pc.unique(pc.drop_null(run.table["rung"])).to_pylist())
 
 
 def distinct(run: RunResults, column: str, limit: int = 200) -> list[str]:

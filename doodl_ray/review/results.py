@@ -22,11 +22,11 @@ from doodl_ray.jobs.storage import Storage
 
 SCORE_PREFIX = "score:"
 """Column name prefix of a score taken out of the `scores` map (e.g. `score:eval/classifier`)."""
-NUMERIC = ("initial_loss", "final_loss", "best_iteration", "seconds")
+NUMERIC = ("initial_loss", "final_loss", "best_iteration", "seconds", "rung")
 """Result columns a reviewer can sort and filter by, besides the scores."""
 _COLUMNS = ("id", "key", "shard", "status", "image_uri", "initial_image_uri", "prompt", "target", "class_label",
             "seed", "method", "initial_loss", "final_loss", "best_iteration", "history", "scores", "attempts",
-            "error_type", "error", "seconds", "finished_at")
+            "error_type", "error", "seconds", "finished_at", "rung", "rung_evals")
 _MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"RIFF", "image/webp"))
 
 
