@@ -140,7 +140,7 @@ def test_ladder_survives_driver_kills(ray_session, tmp_path: Path):  # noqa: F81
         "budget": {"total_unet_evals": 1000},
         "output": {"uri": str(tmp_path / "out"), "shard_size": 4},
         "processor": {"name": "tests.ladder_processor:LoggedLadder",
-                      "options": {"log": str(log), "slow": 2, "pause": 3.0}},
+                      "options": {"log": str(log), "slow": 2, "pause": 2.0}},
         "resources": {"actors": 1, "gpus_per_actor": 1, "batch_size": 2},
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
