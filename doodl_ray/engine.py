@@ -121,6 +121,9 @@ class Engine:
         initial, final = self._score(first, targets), self._score(result.image, targets)
         terms = self._terms(result.image, targets)
         scores = self._scores(items, result.image, first)
+        for name, values in result.scores.items():
+            for row, value in zip(scores, values):
+                row[name] = value
         seconds = (time.perf_counter() - start) / len(items)
         pixels, first_pixels = to_uint8(result.image), to_uint8(first)
         return [
@@ -158,7 +161,7 @@ class Engine:
             return self._noise([torch.Generator().manual_seed(int(s)) for s in candidate_seeds])
 
         return Problem(noise, seeds, self.schedule, self.method.sampler, generators, compute, passes, make_batch,
-                       draw, self.stop)
+                       draw, lambda steps: self.diffusion.schedule(steps, self.latent_shape), self.stop)
 
     def _condition(self, items: Sequence[Item]):
         prompts = [item.prompt for item in items] if self.diffusion.needs_prompt else None

@@ -16,13 +16,19 @@ def _last_json(args):
 
 
 def test_grad_benchmark_reports_every_mode_for_both_models():
+    from doodl_ray.benchmarks.grad import MODES
+
     result = _last_json(["grad", "--steps", "2", "4", "--size", "16", "--repeats", "1", "--rounds", "1"])
     assert result["steps"] == [2, 4] and set(result["models"]) == {"ddim", "flow"}
     for model in result["models"].values():
-        for key in ("peak_mb", "sec_per_grad"):
-            assert set(model[key]) == {"autograd", "checkpoint", "reversible"}
+        for key in ("peak_mb", "sec_per_grad", "evals_per_grad"):
+            assert set(model[key]) == set(MODES)
             assert all(len(v) == 2 for v in model[key].values())
-        assert model["peak_mb"]["autograd"][1] > model["peak_mb"]["autograd"][0]  # autograd grows with steps
+        assert model["peak_mb"]["chain autograd"][1] > model["peak_mb"]["chain autograd"][0]  # grows with steps
+        # network evaluations per gradient: the single chain 3N - 1, EDICT's checkpoint 6N - 2, reversible 6N
+        assert model["evals_per_grad"]["chain checkpoint"] == [3 * 2 - 1, 3 * 4 - 1]
+        assert model["evals_per_grad"]["edict checkpoint"] == [6 * 2 - 2, 6 * 4 - 2]
+        assert model["evals_per_grad"]["edict reversible"] == [6 * 2, 6 * 4]
         assert model["roundtrip_rel_err"]["float64"] <= 1e-9 < model["roundtrip_rel_err"]["float32"]
 
 

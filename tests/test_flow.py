@@ -81,8 +81,8 @@ def test_roundtrip_is_exact_float64(tiny_pixel_flow, steps, leapfrog):
     assert max(_rel(xr, x), _rel(yr, y)) <= 1e-9
 
 
-@pytest.mark.parametrize("mode", ["checkpoint", "reversible"])
-def test_gradient_with_the_flow_prior_equals_plain_autograd(tiny_pixel_flow, mode):
+@pytest.mark.parametrize("sampler,mode", [("edict", "checkpoint"), ("edict", "reversible"), ("chain", "checkpoint")])
+def test_gradient_with_the_flow_prior_equals_plain_autograd(tiny_pixel_flow, sampler, mode):
     model = load_diffusion(tiny_pixel_flow, dtype=torch.float64)
     eps, schedule = model.condition(None, None, None), model.schedule(4, (3, 16, 16))
     z = torch.randn(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
@@ -94,8 +94,8 @@ def test_gradient_with_the_flow_prior_equals_plain_autograd(tiny_pixel_flow, mod
         image = images01(model.decode(z0))
         return F.cross_entropy(classifier(image), torch.tensor([3, 7]), reduction="none") + 2.0 * prior(z0), image
 
-    reference = chain_gradient(z, schedule, eps, chain_loss, 0.93, True, "autograd")
-    ours = chain_gradient(z, schedule, eps, chain_loss, 0.93, True, mode)
+    reference = chain_gradient(z, schedule, eps, chain_loss, 0.93, True, "autograd", sampler)
+    ours = chain_gradient(z, schedule, eps, chain_loss, 0.93, True, mode, sampler)
     assert reference.grad.abs().max() > 0
     assert _rel(ours.grad, reference.grad) <= 1e-8
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from doodl_ray.config import DoodlConfig, MethodConfig, ParticleConfig, SamplerConfig, SearchConfig, StopConfig
+from doodl_ray.config import DasConfig, DoodlConfig, MethodConfig, ParticleConfig, SamplerConfig, SearchConfig, StopConfig
 from doodl_ray.engine import Engine, Item
 from doodl_ray.guidance.classifier import load_torchscript_classifier
 from doodl_ray.guidance.crops import MultiCrop
@@ -34,18 +34,30 @@ def test_registry_has_one_function_per_method_name():
 
 
 @pytest.mark.parametrize("name,expected", [
-    # DOODL, 2 iterations: 3 forward chains (2 passes per step) + 2 backward passes (2 recomputed evaluations and
-    # 2 VJPs per step); each iterate decoded and scored once, each backward decodes and scores both chains (a
-    # pixel model's decode is the identity: checkpointing has nothing to recompute, so no second forward).
-    ("doodl", dict(unet_forward=3 * 2 * STEPS + 2 * 2 * STEPS, unet_vjp=2 * 2 * STEPS, decode_forward=3 + 2 * 2,
+    # DOODL, 2 iterations: 3 forward EDICT passes (2 evaluations per step) + 2 backward passes (2 VJPs per step, and
+    # 2 recomputed evaluations per step but the last, whose graph the forward pass kept); each iterate decoded and
+    # scored once, each backward decodes and scores both chains (a pixel model's decode is the identity:
+    # checkpointing has nothing to recompute, so no second forward).
+    ("doodl", dict(unet_forward=3 * 2 * STEPS + 2 * 2 * (STEPS - 1), unet_vjp=2 * 2 * STEPS, decode_forward=3 + 2 * 2,
                    decode_vjp=2 * 2, guide_forward=3 + 2 * 2, guide_vjp=2 * 2)),
+    # The same through the single chain: one evaluation per step forward, one VJP per step and one recomputed
+    # evaluation per step but the last backward; one final latent to decode and score.
+    ("doodl-chain", dict(unet_forward=3 * STEPS + 2 * (STEPS - 1), unet_vjp=2 * STEPS, decode_forward=3 + 2,
+                         decode_vjp=2, guide_forward=3 + 2, guide_vjp=2)),
+    # DAS, 4 particles: a forward at every step, a VJP (through network, decoder and guide) at every step with noise
+    # (all but the last DDIM step), and the final image decoded and scored.
+    ("das", dict(unet_forward=4 * STEPS, unet_vjp=4 * (STEPS - 1), decode_forward=4 * STEPS + 4,
+                 decode_vjp=4 * (STEPS - 1), guide_forward=4 * STEPS + 4, guide_vjp=4 * (STEPS - 1))),
     ("best-of-n", dict(unet_forward=3 * STEPS, unet_vjp=0, decode_forward=3, decode_vjp=0, guide_forward=3, guide_vjp=0)),
     ("one-step", dict(unet_forward=STEPS, unet_vjp=STEPS, decode_forward=STEPS + 1, decode_vjp=STEPS,
                       guide_forward=STEPS + 1, guide_vjp=STEPS)),
     ("none", dict(unet_forward=STEPS, unet_vjp=0, decode_forward=1, decode_vjp=0, guide_forward=0, guide_vjp=0)),
 ])
 def test_compute_counts_equal_a_hand_count(tiny_pixel, tiny_classifier, name, expected):
-    results = _run(tiny_pixel, tiny_classifier, _method(name, candidates=3 if name == "best-of-n" else None), ITEMS)
+    extra = dict(candidates=3) if name == "best-of-n" else {}
+    if name == "doodl-chain":
+        name, extra = "doodl", dict(doodl=DoodlConfig(iterations=2, optimizer="normalized", lr=0.3, sampler="chain"))
+    results = _run(tiny_pixel, tiny_classifier, _method(name, **extra), ITEMS)
     for result in results:
         assert result.compute == expected | {"unet_evals": expected["unet_forward"] + expected["unet_vjp"]}
 
@@ -56,7 +68,7 @@ def test_classifier_free_guidance_counts_two_passes(tiny_sd, tiny_classifier):
     assert result.compute["unet_forward"] == 2 * 2 * STEPS
 
 
-@pytest.mark.parametrize("name", ["doodl", "best-of-n", "one-step", "search-refine", "particles"])
+@pytest.mark.parametrize("name", ["doodl", "best-of-n", "one-step", "search-refine", "particles", "das"])
 def test_a_budget_is_never_exceeded(tiny_pixel, tiny_classifier, name):
     budget = 40 * STEPS
     method = _method(name, budget=budget, search=SearchConfig(fraction=0.25))
@@ -64,9 +76,9 @@ def test_a_budget_is_never_exceeded(tiny_pixel, tiny_classifier, name):
         assert budget * 0.5 <= result.compute["unet_evals"] <= budget, result.compute
 
 
-@pytest.mark.parametrize("name", ["doodl", "best-of-n", "search-refine", "particles", "one-step"])
+@pytest.mark.parametrize("name", ["doodl", "best-of-n", "search-refine", "particles", "one-step", "das"])
 def test_an_item_gives_the_same_result_alone_or_in_a_batch(tiny_pixel, tiny_classifier, name):
-    method = _method(name, candidates=3, particles=ParticleConfig(count=3, interval=1),
+    method = _method(name, candidates=3, particles=ParticleConfig(count=3, interval=1), das=DasConfig(count=3),
                      search=SearchConfig(candidates=2, starts=2), stop=StopConfig(guide_loss=2.2))
     engine = Engine(tiny_pixel, load_torchscript_classifier(tiny_classifier), method)
     items = [engine.validate(item) for item in ITEMS + [Item(id="c", seed=7, target=8)]]

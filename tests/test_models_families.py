@@ -90,9 +90,9 @@ def test_coupled_sampler_roundtrip_50_steps_float64(loaded, family):
     assert max(_rel(xr, z), _rel(yr, z)) <= 1e-9
 
 
-@pytest.mark.parametrize("mode", ["checkpoint", "reversible"])
+@pytest.mark.parametrize("sampler,mode", [("edict", "checkpoint"), ("edict", "reversible"), ("chain", "checkpoint")])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_gradient_matches_autograd_float64(loaded, family, mode):
+def test_gradient_matches_autograd_float64(loaded, family, sampler, mode):
     """Through the VAE decoder, a classifier and the diffusion prior (the model's own training loss)."""
     model = loaded(family, torch.float64)
     eps, z = model.condition(PROMPTS, None, 4.0), _noise(model, seed=3)
@@ -105,8 +105,8 @@ def test_gradient_matches_autograd_float64(loaded, family, mode):
         image = images01(model.decode(z0))
         return F.cross_entropy(classifier(image), torch.tensor([3, 7]), reduction="none") + prior(z0), image
 
-    reference = chain_gradient(z, schedule, eps, chain_loss, 0.93, True, "autograd")
-    ours = chain_gradient(z, schedule, eps, chain_loss, 0.93, True, mode)
+    reference = chain_gradient(z, schedule, eps, chain_loss, 0.93, True, "autograd", sampler)
+    ours = chain_gradient(z, schedule, eps, chain_loss, 0.93, True, mode, sampler)
     assert reference.grad.abs().max() > 0
     assert _rel(ours.grad, reference.grad) <= 1e-8
     assert torch.allclose(ours.loss, reference.loss, rtol=1e-12, atol=0)

@@ -172,7 +172,7 @@ def _run_tasks(args: argparse.Namespace, tasks: list[tuple], realism: dict[str, 
     that a run cut short has whole lower rungs, each one saved to `--cache` as it finishes."""
     paths = [args.cache / f"{_task_key(args, *t)}.json" if args.cache else None for t in tasks]
     outcomes: list[dict[str, Any] | None] = [json.loads(p.read_text()) if p and p.exists() else None for p in paths]
-    items = {s: len(_targets(s)) * len(_seeds(args, s)) for s in args.settings}
+    items = {s: len(_targets(args, s)) * len(_seeds(args, s)) for s in args.settings}
     todo = sorted((i for i, o in enumerate(outcomes) if o is None),
                   key=lambda i: (tasks[i][2], items[tasks[i][0]], tasks[i][1].method == "doodl"))
     if args.cache:
@@ -219,8 +219,12 @@ def real_prior_quantile(model: Path, quantile: float) -> float | None:
     return float(torch.quantile(prior(to_model_range(test_x)), quantile))
 
 
-def _targets(setting: str) -> list[int]:
-    return list(RARE_CLASSES) if setting == "rare" else list(range(10))
+def _targets(args: argparse.Namespace, setting: str) -> list[int]:
+    """Every class, or the classes the rare model barely saw (the model set's metrics.json says which)."""
+    if setting != "rare":
+        return list(range(10))
+    metrics = args.assets / "metrics.json"
+    return json.loads(metrics.read_text())["data"]["rare_classes"] if metrics.exists() else list(RARE_CLASSES)
 
 
 def _seeds(args: argparse.Namespace, setting: str) -> range:
@@ -231,7 +235,7 @@ def _items(args: argparse.Namespace, setting: str) -> list:
     """The setting's items, target-major: every target at each of its seeds."""
     from doodl_ray.engine import Item
 
-    return [Item(id=f"{t}-{s}", seed=1000 * s + t, target=t) for t in _targets(setting) for s in _seeds(args, setting)]
+    return [Item(id=f"{t}-{s}", seed=1000 * s + t, target=t) for t in _targets(args, setting) for s in _seeds(args, setting)]
 
 
 def real_realism() -> dict[str, float]:
@@ -254,7 +258,7 @@ def _task(task: tuple) -> dict[str, Any]:
     from doodl_ray.guidance.crops import MultiCrop
 
     args, setting, variant, budget, realism = task
-    targets, seeds, items = _targets(setting), _seeds(args, setting), _items(args, setting)
+    targets, seeds, items = _targets(args, setting), _seeds(args, setting), _items(args, setting)
     guide = load_torchscript_classifier(str(args.assets / "guide.pt"), crops=MultiCrop(args.crops))
     judge = load_torchscript_classifier(str(args.assets / "judge.pt"))
     method = MethodConfig.model_validate({**variant.config, "budget": int(budget * args.steps),

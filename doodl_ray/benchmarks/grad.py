@@ -1,4 +1,6 @@
-"""Peak memory and time per DOODL gradient: plain autograd vs checkpoint vs reversible, 10/25/50 steps.
+"""Peak memory, network evaluations and time per DOODL gradient, 10/25/50 steps: through the single chain
+(`chain`: plain autograd, checkpoint) and through EDICT's coupled chains (`edict`: plain autograd, checkpoint,
+reversible).
 
 Each configuration runs in a fresh process, on a pixel UNet whose activations dominate its weights, as two
 models: a noise predictor sampled by DDIM (`ddim`) and a velocity predictor sampled by Euler steps of the flow ODE
@@ -19,7 +21,8 @@ import time
 
 import torch
 
-MODES = ["autograd", "checkpoint", "reversible"]
+MODES = ["chain autograd", "chain checkpoint", "edict autograd", "edict checkpoint", "edict reversible"]
+REFERENCE = "edict checkpoint"  # what DOODL paid before the single chain
 MODELS = ["ddim", "flow"]
 FLOW_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
 
@@ -33,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "MODE", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES, metavar="MODE",
+                        help=f"sampler and gradient pairs, quoted (default: all of {MODES})")
 
 
 def bench_model(size: int, device: str, dtype: torch.dtype, kind: str = "ddim"):
@@ -56,11 +61,20 @@ def bench_model(size: int, device: str, dtype: torch.dtype, kind: str = "ddim"):
 
 
 def worker(kind: str, mode: str, steps: int, args: argparse.Namespace) -> dict:
-    """One configuration: the first gradient sets the memory peak, the next `repeats` are timed."""
+    """One configuration (`mode` = "SAMPLER GRADIENT"): the first gradient sets the memory peak and counts the
+    network evaluations, the next `repeats` are timed."""
     from doodl_ray.sampling.gradient import chain_gradient
 
+    sampler, gradient = mode.split()
     model = bench_model(args.size, args.device, torch.float32, kind)
-    eps = model.condition(None, None, None)
+    network = model.condition(None, None, None)
+    calls = {"forward": 0, "vjp": 0}
+
+    def eps(z, t):
+        calls["forward"] += 1
+        out = network(z, t)
+        return _CountVjp.apply(out, calls) if out.requires_grad else out
+
     schedule = model.schedule(steps, (3, args.size, args.size))
     z = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(args.device)
     target = torch.rand(z.shape, generator=torch.Generator().manual_seed(1)).to(args.device)
@@ -70,16 +84,31 @@ def worker(kind: str, mode: str, steps: int, args: argparse.Namespace) -> dict:
         return (image - target).pow(2).flatten(1).mean(1), image
 
     baseline = _current_memory(args.device)  # before any forward: allocator caches count as working memory
-    chain_gradient(z, schedule, eps, chain_loss, 0.93, True, mode)
+    chain_gradient(z, schedule, eps, chain_loss, 0.93, True, gradient, sampler)
     peak = _peak_memory(args.device) - baseline
+    evaluations = calls["forward"] + calls["vjp"]
     times = []
     for _ in range(args.repeats):
         _sync(args.device)
         start = time.perf_counter()
-        chain_gradient(z, schedule, eps, chain_loss, 0.93, True, mode)
+        chain_gradient(z, schedule, eps, chain_loss, 0.93, True, gradient, sampler)
         _sync(args.device)
         times.append(time.perf_counter() - start)
-    return {"peak_mb": peak / 2**20, "sec_per_grad": min(times)}
+    return {"peak_mb": peak / 2**20, "sec_per_grad": min(times), "evals_per_grad": evaluations}
+
+
+class _CountVjp(torch.autograd.Function):
+    """Identity that counts one VJP through the network call that produced its input."""
+
+    @staticmethod
+    def forward(ctx, x, calls):  # type: ignore[override]
+        ctx.calls = calls
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        ctx.calls["vjp"] += 1
+        return grad, None
 
 
 def roundtrip_errors(args: argparse.Namespace, kind: str, steps: int = 50) -> dict[str, float]:
@@ -105,22 +134,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     best: dict[tuple[str, str, int], dict] = {}
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    keys = ("peak_mb", "sec_per_grad", "evals_per_grad")
     for round_ in range(args.rounds):
         for kind in args.models:
             for steps in args.steps:
-                for mode in MODES:
+                for mode in args.modes:
                     cmd = [sys.executable, "-m", "doodl_ray.cli", "bench", "grad", "--worker", kind, mode, str(steps),
                            "--size", str(args.size), "--repeats", str(args.repeats), "--device", args.device]
                     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
                     measured = json.loads(out.stdout.strip().splitlines()[-1])
-                    print(f"round {round_} {kind:4s} steps {steps:3d} {mode:10s} peak {measured['peak_mb']:8.1f} MB  "
-                          f"{measured['sec_per_grad']:7.3f} s/grad", flush=True)
+                    print(f"round {round_} {kind:4s} steps {steps:3d} {mode:18s} peak {measured['peak_mb']:8.1f} MB  "
+                          f"{measured['sec_per_grad']:7.3f} s/grad  {measured['evals_per_grad']:4d} evaluations",
+                          flush=True)
                     previous = best.get((kind, mode, steps))
                     best[(kind, mode, steps)] = {key: min(measured[key], previous[key]) if previous else measured[key]
-                                                 for key in ("peak_mb", "sec_per_grad")}
-    results = {"steps": args.steps, "models": {
-        kind: {**{key: {m: [best[(kind, m, s)][key] for s in args.steps] for m in MODES}
-                  for key in ("peak_mb", "sec_per_grad")},
+                                                 for key in keys}
+    results = {"steps": args.steps, "modes": args.modes, "models": {
+        kind: {**{key: {m: [best[(kind, m, s)][key] for s in args.steps] for m in args.modes} for key in keys},
                "roundtrip_rel_err": roundtrip_errors(args, kind)}
         for kind in args.models}}
     print(_table(results))
@@ -130,17 +160,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(r: dict) -> str:
+    """Per model and mode: peak memory and its growth from the fewest to the most steps, network evaluations per
+    gradient, and time per gradient against plain autograd through the same sampler and against EDICT's
+    checkpointed gradient (what DOODL paid before the single chain)."""
     steps = r["steps"]
     first, last = 0, len(steps) - 1
-    lines = ["", "| model | mode | " + " | ".join(f"peak MB @{s}" for s in steps) + f" | peak @{steps[last]} / @{steps[first]} | "
-             + " | ".join(f"time / autograd @{s}" for s in steps) + " |", "|---" * (2 * len(steps) + 3) + "|"]
+    lines = ["", "| model | sampler, gradient | " + " | ".join(f"peak MB @{s}" for s in steps)
+             + f" | peak @{steps[last]} / @{steps[first]} | " + " | ".join(f"evals @{s}" for s in steps) + " | "
+             + " | ".join(f"time / autograd @{s}" for s in steps) + " | "
+             + " | ".join(f"time / {REFERENCE} @{s}" for s in steps) + " |",
+             "|---" * (4 * len(steps) + 3) + "|"]
     for kind, m in r["models"].items():
-        for mode in MODES:
-            peaks, times = m["peak_mb"][mode], m["sec_per_grad"][mode]
+        for mode in r["modes"]:
+            peaks, times, evals = m["peak_mb"][mode], m["sec_per_grad"][mode], m["evals_per_grad"][mode]
             ratio = peaks[last] / peaks[first] if peaks[first] > 0 else float("nan")
-            rel = [t / a for t, a in zip(times, m["sec_per_grad"]["autograd"])]
+            plain = m["sec_per_grad"].get(f"{mode.split()[0]} autograd")
+            reference = m["sec_per_grad"].get(REFERENCE)
+            rel = [f"{t / a:.2f}" if plain else "" for t, a in zip(times, plain or times)]
+            ref = [f"{t / e:.2f}" if reference else "" for t, e in zip(times, reference or times)]
             lines.append(f"| {kind} | {mode} | " + " | ".join(f"{p:.1f}" for p in peaks) + f" | {ratio:.2f} | "
-                         + " | ".join(f"{x:.2f}" for x in rel) + " |")
+                         + " | ".join(str(e) for e in evals) + " | " + " | ".join(rel) + " | " + " | ".join(ref) + " |")
     for kind, m in r["models"].items():
         err = m["roundtrip_rel_err"]
         lines.append(f"\n{kind}: coupled round trip, 50 steps, relative error: float64 {err['float64']:.2e}, "

@@ -10,7 +10,9 @@ from typing import Callable
 from doodl_ray.config import MIN_BUDGET_SAMPLES, MethodConfig
 from doodl_ray.methods.base import MethodResult, Problem
 from doodl_ray.methods.best_of_n import best_of_n
+from doodl_ray.methods.das import das
 from doodl_ray.methods.doodl import doodl
+from doodl_ray.methods.lookahead import lookahead
 from doodl_ray.methods.none import none
 from doodl_ray.methods.one_step import one_step
 from doodl_ray.methods.particles import particles
@@ -25,6 +27,8 @@ METHODS: dict[str, Method] = {
     "doodl": doodl,
     "search-refine": search_refine,
     "particles": particles,
+    "das": das,
+    "lookahead": lookahead,
 }
 GUIDED = tuple(name for name in METHODS if name != "none")
 

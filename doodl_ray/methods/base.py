@@ -106,6 +106,7 @@ class Problem:
     passes: int  # network passes per item per eps call (2 with CFG): budgets are counted in passes
     make_batch: Callable[[tuple[int, ...]], Batch]
     draw: Callable[[Sequence[int]], Tensor]
+    schedule_at: Callable[[int], Schedule]  # the model's schedule at another number of steps
     stop: Callable[[Tensor, Tensor | None], Tensor] | None = None  # (score, prior) -> [n] bool: item is done
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -143,6 +144,7 @@ class MethodResult:
     history: list[list[float]]  # per item: the unaugmented loss of each iterate / candidate, in order
     best_iteration: list[int]
     first_image: Tensor | None = None  # the unguided sample from the item's own noise, when the method made one
+    scores: dict[str, list[float]] = field(default_factory=dict)  # per item: method-specific readable scores
 
 
 def images01(decoded: Tensor) -> Tensor:

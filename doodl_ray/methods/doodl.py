@@ -1,11 +1,13 @@
 """DOODL: optimize the initial noise so the guidance likes the true generated image.
 
-Each iteration runs the whole EDICT chain (no grad), decodes and scores the result (unaugmented: the score
-history and the best-iterate choice), and, for items that go on, back-propagates the augmented loss through
-the sampler (`sampling/gradient.py`, memory flat in the number of steps) and updates the noise; the noise is
-renormalized to its initial norm so it stays on the typical-noise shell. The diffusion prior (`prior.py`)
-may join the optimized loss (`doodl.prior_weight`) and the ranking (`prior.selection`). An item stops when
-it meets the stopping rule, runs out of iterations, or would exceed its budget; the rest go on."""
+Each iteration renders the image from the noise with the sampler (`doodl.sampler`: the model's own single chain,
+or the paper's EDICT pair; no grad), decodes and scores the result (unaugmented: the score history and the
+best-iterate choice), and, for items that go on, back-propagates the augmented loss through the sampler
+(`sampling/gradient.py`, memory flat in the number of steps) and updates the noise; the noise is renormalized
+to its initial norm so it stays on the typical-noise shell. The diffusion prior (`prior.py`) may join the
+optimized loss (`doodl.prior_weight`) and the ranking (`prior.selection`). An item stops when it meets the
+stopping rule, runs out of iterations, or would exceed its budget; the rest go on. With `doodl.optimize_steps`
+the iterations run through a shorter sampler and the chosen noise is rendered once at `sampler.steps`."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from doodl_ray.methods.base import (
     unit_rms,
 )
 from doodl_ray.methods.best_of_n import Best, empty_best
+from doodl_ray.sampling.chain import chain_sample
+from doodl_ray.sampling.edict import edict_sample
 from doodl_ray.sampling.gradient import ChainLoss, chain_backward, chain_forward
 
 
@@ -85,16 +89,19 @@ def optimize(problem: Problem, config: MethodConfig, rows: list[int], noise: Ten
     ranked by guide loss + prior.selection * prior). Iterates are numbered from `index_offset`. An item stops
     at `doodl.iterations`, when it meets the stopping rule, or before it would exceed `budgets[item]`."""
     d, p, leapfrog = config.doodl, config.sampler.mix, config.sampler.leapfrog
-    schedule, compute = problem.schedule, problem.compute
+    schedule = problem.schedule if d.optimize_steps is None else problem.schedule_at(d.optimize_steps)
+    compute = problem.compute
     iterations = d.iterations if budgets is None else 10**9
     z, norm0 = noise.clone(), _norms(noise)
     update = NoiseUpdate(z, d)
     position = {row: k for k, row in enumerate(rows)}
     met = torch.zeros(len(problem), dtype=torch.bool)
     levels, rank_prior = len(config.prior.levels), ranks_by_prior(config)
+    chains = 1 if d.sampler == "chain" else 2
+    sample = len(schedule) * problem.passes
     cost = {  # UNet evaluations of an iterate's evaluation and of a gradient step: estimated, then measured
-        "forward": 2 * problem.sample_cost() + (problem.prior_cost(levels) if rank_prior else 0),
-        "backward": 4 * problem.sample_cost() + (4 * problem.prior_cost(levels) if d.prior_weight else 0),
+        "forward": chains * sample + (problem.prior_cost(levels) if rank_prior else 0),
+        "backward": 2 * chains * sample + (2 * chains * problem.prior_cost(levels) if d.prior_weight else 0),
     }
     active, m, fresh = list(rows), -1, best is None
     for m in range(iterations + 1):
@@ -103,7 +110,7 @@ def optimize(problem: Problem, config: MethodConfig, rows: list[int], noise: Ten
         at = torch.tensor([position[r] for r in active])
         batch = problem.view(active)
         before = compute.unet(active[0])
-        forward = chain_forward(z[at.to(z.device)], schedule, batch.eps, p, leapfrog, d.gradient)
+        forward = chain_forward(z[at.to(z.device)], schedule, batch.eps, p, leapfrog, d.gradient, d.sampler)
         with torch.no_grad():
             image = images01(batch.decode(forward.x0))
         score = batch.score(image)
@@ -112,7 +119,7 @@ def optimize(problem: Problem, config: MethodConfig, rows: list[int], noise: Ten
         value = rank_value(score, prior, config)
         if best is None:
             best = empty_best(problem, image)
-        if m == 0 and fresh:  # plain DOODL: iterate 0 is the unguided sample from each item's own noise
+        if m == 0 and fresh and d.optimize_steps is None:  # iterate 0 is the unguided sample from the item's own noise
             best.first_image = image.clone()
         best.update(active, index_offset + m, image, z[at.to(z.device)], value, score)
         cost["forward"] = compute.unet(active[0]) - before
@@ -138,10 +145,26 @@ def optimize(problem: Problem, config: MethodConfig, rows: list[int], noise: Ten
     return Optimized(best, met, m + 1)
 
 
+@torch.no_grad()
+def render(problem: Problem, config: MethodConfig, noise: Tensor) -> Tensor:
+    """Images of every item's noise at `sampler.steps` with DOODL's sampler (EDICT: its x chain)."""
+    batch, schedule, sampler = problem.view(), problem.schedule, config.sampler
+    if config.doodl.sampler == "chain":
+        z0 = chain_sample(noise, schedule, batch.eps)
+    else:
+        z0, _ = edict_sample(noise, noise, schedule, batch.eps, sampler.mix, sampler.leapfrog)
+    return images01(batch.decode(z0))
+
+
 def doodl(problem: Problem, config: MethodConfig) -> MethodResult:
-    rows = list(range(len(problem)))
-    budgets = None if config.budget is None else {r: config.budget for r in rows}
-    return optimize(problem, config, rows, problem.noise, budgets=budgets).best.result()
+    rows, short = list(range(len(problem))), config.doodl.optimize_steps is not None
+    final_render = (1 if config.doodl.sampler == "chain" else 2) * problem.sample_cost() if short else 0
+    budgets = None if config.budget is None else {r: config.budget - final_render for r in rows}
+    result = optimize(problem, config, rows, problem.noise, budgets=budgets).best.result()
+    if short:  # the chosen noise rendered at sampler.steps; what the short render reached is kept beside it
+        result.scores["short_render/loss"] = [h[j] for h, j in zip(result.history, result.best_iteration)]
+        result.image = render(problem, config, result.noise)
+    return result
 
 
 def _norms(z: Tensor) -> Tensor:

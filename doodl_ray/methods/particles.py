@@ -1,11 +1,14 @@
 """Particles: Feynman-Kac steering (Singhal et al. 2025, `zacharyhorvitz/Fk-Diffusion-Steering`) with
-one-step potentials, a sequential Monte Carlo baseline.
+one-step potentials, a sequential Monte Carlo baseline, with the strengthening of the classical-search study
+(Zhang et al. 2025: low-variance resampling, a temperature rising over the steps, the max potential).
 
 Each item runs K particles on a stochastic DDIM chain (η; for a flow model the same step in its own levels):
-    z' = α' x̂0 + √(σ'² − c²) ε̂ + c ξ,   c = η σ' √(1 − SNR/SNR'),  SNR = α²/σ².
+    z' = α' x̂0 + √(σ'² − c²) ε̂ + c ξ,   c = η σ' √(1 − SNR/SNR'),  SNR = α²/σ²   (`chain.stochastic_step`).
 Every `interval` steps each particle's one-step estimate x̂0 is decoded and rewarded, r = −guide loss, and the
-item's particles are resampled (multinomially, with the item's own generator) in proportion to the potential
-exp(λ (r − r_prev)) (`difference`) or exp(λ max_{s≤t} r_s) (`max`). No gradient is taken. At the end the
+item's particles are resampled (`resampling`: multinomial as FK's code, or systematic / stratified / SSP, with
+the item's own generator) in proportion to the potential G = exp(λ_k r_k − λ_prev r_prev) (`difference`: the
+incremental weight of the tempered targets p·exp(λ_k r_k)) or exp(λ_k max_{s≤k} r_s) (`max`), with
+λ_k = λ·min(1, (1 + γ)^k − 1) when `tempering` γ is set (λ without it). No gradient is taken. At the end the
 particle with the best final ranking value (guide loss + prior.selection * prior) is the item's result."""
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 
 from doodl_ray.config import MethodConfig
 from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, rank_value
+from doodl_ray.methods.resampling import resample, tempering
+from doodl_ray.sampling.chain import stochastic_step
 
 
 @torch.no_grad()
@@ -30,7 +35,7 @@ def particles(problem: Problem, config: MethodConfig) -> MethodResult:
     step_noise = [torch.Generator().manual_seed(s ^ 0x5DEECE66D) for s in seeds]  # per slot, not the latents' stream
     batch = problem.view(rows)
     z = problem.draw(seeds)
-    reward_prev = torch.zeros(len(rows), dtype=torch.float64)
+    tilt_prev = torch.zeros(len(rows), dtype=torch.float64)  # λ_prev r_prev of each particle's lineage
     reward_max = torch.full((len(rows),), -math.inf, dtype=torch.float64)
     history = [[] for _ in range(n)]
     for step in range(len(schedule)):
@@ -39,13 +44,16 @@ def particles(problem: Problem, config: MethodConfig) -> MethodResult:
         if (step + 1) % pc.interval == 0 and step < len(schedule) - 1:
             reward = -batch.score(images01(batch.decode(x0)))
             reward_max = torch.maximum(reward_max, reward)
-            log_g = pc.temperature * (reward - reward_prev if pc.potential == "difference" else reward_max)
-            pick = _resample(log_g.view(n, k), [problem.generators[i] for i in range(n)])
+            lam = pc.temperature * tempering(step + 1, pc.tempering)
+            tilt = lam * reward
+            log_g = tilt - tilt_prev if pc.potential == "difference" else lam * reward_max
+            pick = resample(log_g.view(n, k), pc.resampling, [problem.generators[i] for i in range(n)])
             for i in range(n):
                 history[i].append(float(-reward[i * k : (i + 1) * k].max()))
             z, x0, eps = z[pick.to(z.device)], x0[pick.to(z.device)], eps[pick.to(z.device)]
-            reward_prev, reward_max = reward[pick], reward_max[pick]
-        z = _stochastic_step(x0, eps, step, schedule, pc.eta, [step_noise[j] for j in range(len(rows))])
+            tilt_prev, reward_max = tilt[pick], reward_max[pick]
+        mean, c = stochastic_step(x0, eps, step, schedule, pc.eta)
+        z = mean + c * _per_slot_randn(mean, step_noise) if c else mean
     image = images01(batch.decode(z))
     score = batch.score(image)
     value = rank_value(score, batch.prior_cpu(z) if config.prior.selection else None, config)
@@ -56,26 +64,6 @@ def particles(problem: Problem, config: MethodConfig) -> MethodResult:
     return MethodResult(image[chosen.to(image.device)], z[chosen.to(z.device)], history, best.tolist())
 
 
-def _resample(log_g, generators) -> torch.Tensor:
-    """Flat indices of each item's resampled particles: multinomial in proportion to exp(log_g), per item."""
-    n, k = log_g.shape
-    picks = []
-    for i in range(n):
-        weights = torch.softmax(log_g[i] - log_g[i].max(), dim=0)
-        picks.append(i * k + torch.multinomial(weights, k, replacement=True, generator=generators[i]))
-    return torch.cat(picks)
-
-
-def _stochastic_step(x0, eps, k, schedule, eta, generators):
-    """DDIM with stochasticity η from level k to the next, in the schedule's own (α, σ)."""
-    alpha, sigma = float(schedule.alpha[k]), float(schedule.sigma[k])
-    alpha_next, sigma_next = float(schedule.alpha_next[k]), float(schedule.sigma_next[k])
-    c = 0.0
-    if eta and sigma_next > 0 and alpha_next > 0:
-        snr_ratio = (alpha / sigma) ** 2 / (alpha_next / sigma_next) ** 2
-        c = eta * sigma_next * math.sqrt(max(0.0, 1 - snr_ratio))
-    z = alpha_next * x0 + math.sqrt(max(0.0, sigma_next**2 - c**2)) * eps
-    if c:
-        xi = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators]).to(x0)
-        z = z + c * xi
-    return z
+def _per_slot_randn(like: torch.Tensor, generators) -> torch.Tensor:
+    """Standard normal noise for each particle slot from its own generator (on the CPU: the same on any device)."""
+    return torch.stack([torch.randn(like.shape[1:], generator=g) for g in generators]).to(like)

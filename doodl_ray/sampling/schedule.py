@@ -55,6 +55,20 @@ class Schedule:
             return z - sigma * out
         return (z - sigma * out) / alpha
 
+    def lookahead(self, k: int, steps: int) -> "Schedule":
+        """A coarser schedule from step k's level to the end: `steps` of this schedule's levels (at most the N − k
+        left, evenly spaced, starting at k), each step jumping to the next chosen level and the last to the final
+        one. With every remaining step it is exactly the rest of this schedule."""
+        left = len(self) - k
+        steps = min(steps, left)
+        index = [k + (i * left) // steps for i in range(steps)]
+        pick = lambda levels: levels[index]  # noqa: E731
+        after = index[1:]
+        alpha_next = torch.cat([self.alpha[after], self.alpha_next[-1:]])
+        sigma_next = torch.cat([self.sigma[after], self.sigma_next[-1:]])
+        return Schedule([self.timesteps[i] for i in index], pick(self.alpha), pick(self.sigma), alpha_next, sigma_next,
+                        self.prediction)
+
     def noise(self, z: Tensor, out: Tensor, k: int) -> Tensor:
         """The one-step estimate of the noise ε from a model output at step k."""
         if self.prediction == "velocity":
