@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from doodl_ray.config import MethodConfig
+from doodl_ray.methods.registry import MethodConfig, check_budget
 from doodl_ray.errors import InvalidInput
 from doodl_ray.guidance.base import Guidance, evaluate
-from doodl_ray.methods import GUIDED, METHODS, check_budget
 from doodl_ray.methods.base import Batch, Compute, Problem, counted, images01, stop_rule
 from doodl_ray.methods.prior import DiffusionPrior
 from doodl_ray.models import Diffusion, load_diffusion
@@ -71,7 +70,7 @@ class Engine:
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.coupling_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
         self.method = method
-        if method.name in GUIDED and guidance is None:
+        if method.plugin.guided and guidance is None:
             raise InvalidInput(f"method {method.name!r} needs a guidance model")
         self.diffusion = model if isinstance(model, Diffusion) else load_diffusion(model, self.device, self.dtype,
                                                                                     storage_options)
@@ -115,7 +114,7 @@ class Engine:
         """Generate a batch of validated items with the configured method."""
         start = time.perf_counter()
         problem = self.problem(items)
-        result = METHODS[self.method.name](problem, self.method)
+        result = self.method.plugin.run(problem, self.method)
         first = result.first_image if result.first_image is not None else self._unguided(items, problem.noise)
         targets = [item.target for item in items]
         initial, final = self._score(first, targets), self._score(result.image, targets)
@@ -160,7 +159,7 @@ class Engine:
         def draw(candidate_seeds: Sequence[int]) -> Tensor:
             return self._noise([torch.Generator().manual_seed(int(s)) for s in candidate_seeds])
 
-        return Problem(noise, seeds, self.schedule, self.method.sampler, generators, compute, passes, make_batch,
+        return Problem(noise, seeds, self.schedule, generators, compute, passes, make_batch,
                        draw, lambda steps: self.diffusion.schedule(steps, self.latent_shape), self.stop)
 
     def _condition(self, items: Sequence[Item]):

@@ -4,7 +4,9 @@ deterministic per item, and stops with a clear error on a non-finite loss."""
 import pytest
 import torch
 
-from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig
+from doodl_ray.config import SamplerConfig
+from doodl_ray.methods.registry import MethodConfig
+from doodl_ray.methods.specs.doodl import DoodlConfig
 from doodl_ray.engine import Engine, Item
 from doodl_ray.errors import NonFiniteLoss
 from doodl_ray.guidance.base import Guidance
@@ -36,7 +38,7 @@ def test_noise_stays_on_its_initial_norm(tiny_pixel, tiny_classifier):
 
     engine = _engine(tiny_pixel, tiny_classifier, "adam", iterations=3)
     problem = engine.problem([engine.validate(Item(id="a", seed=1, target=2))])
-    result = METHODS["doodl"](problem, engine.method)
+    result = METHODS["doodl"].run(problem, engine.method)
     assert result.best_iteration[0] > 0  # an optimized iterate, not the initial noise
     assert float(result.noise.norm()) == pytest.approx(float(problem.noise.norm()), rel=1e-5)
 

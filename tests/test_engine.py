@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig
+from doodl_ray.config import SamplerConfig
+from doodl_ray.methods.registry import MethodConfig
+from doodl_ray.methods.specs.doodl import DoodlConfig
 from doodl_ray.engine import Engine, Item
 from doodl_ray.methods.base import candidate_seed
 from doodl_ray.errors import InvalidInput, ModelLoadError

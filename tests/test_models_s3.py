@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from doodl_ray.config import MethodConfig, SamplerConfig
+from doodl_ray.config import SamplerConfig
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.engine import Engine, Item
 from doodl_ray.guidance.spec import ClassifierGuidanceConfig
 from tests.s3_server import s3_endpoint  # noqa: F401

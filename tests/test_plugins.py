@@ -1,6 +1,7 @@
-"""Plugins from outside the package, each one class in this file and registered here, nothing else edited:
-a guidance type (how bright an image is) and an output format (a zip per shard), run end to end through a
-small job on local Ray; the run's images read back through the ledger as any format's do."""
+"""Plugins from outside the package, each defined in this file and registered here, nothing else edited: a
+guidance type (how bright an image is), a generation method (the lowest loss of a few plain samples, with a
+settings block of its own) and an output format (a zip per shard), run end to end through a small job on local
+Ray; the run's images read back through the ledger as any format's do."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from typing import IO, Any, Literal, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
+from pydantic import Field
 from torch import Tensor
 
+from doodl_ray.config import StrictModel
 from doodl_ray.digits import ASSETS_DIR
 from doodl_ray.errors import InvalidInput
 from doodl_ray.guidance.base import Guidance
@@ -23,6 +27,8 @@ from doodl_ray.jobs.formats import KINDS, Matched, PackedFormat, Samples, regist
 from doodl_ray.jobs.ledger import Ledger
 from doodl_ray.jobs.spec import parse_spec
 from doodl_ray.jobs.storage import Storage
+from doodl_ray.methods import MethodPlugin, register_method
+from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01
 from doodl_ray.review.results import RunResults
 from tests.ray_session import ray_session  # noqa: F401
 from tests.s3_server import s3_endpoint  # noqa: F401
@@ -58,6 +64,33 @@ class BrightnessSettings(GuidanceSpec):
         return Brightness(self.level).to(device).freeze()
 
 
+class LowestOfSettings(StrictModel):
+    samples: int = Field(2, ge=1)
+
+
+@torch.no_grad()
+def lowest_of(problem: Problem, config: Any) -> MethodResult:
+    """`lowest_of.samples` plain samples per item from its candidate seeds; the one of lowest guidance loss."""
+    from doodl_ray.sampling.chain import chain_sample
+
+    batch, best = problem.view(), None
+    for j in range(config.lowest_of.samples):
+        noise = problem.draw([candidate_seed(seed, j) for seed in problem.seeds])
+        image = images01(batch.decode(chain_sample(noise, problem.schedule, batch.eps)))
+        loss = batch.score(image)
+        if best is None:
+            best = MethodResult(image, noise, [[float(v)] for v in loss], [0] * len(loss))
+            continue
+        for i, value in enumerate(loss.tolist()):
+            best.history[i].append(value)
+            if value < min(best.history[i][:-1]):
+                best.image[i], best.noise[i], best.best_iteration[i] = image[i], noise[i], j
+    return best
+
+
+register_method(MethodPlugin("lowest-of", "the lowest loss of a few plain samples", lowest_of, LowestOfSettings))
+
+
 @register_format
 class ZipFormat(PackedFormat):
     """A zip of a shard's PNGs, named by key and kind."""
@@ -81,24 +114,25 @@ class ZipFormat(PackedFormat):
         yield from found.items()
 
 
-def test_a_guidance_type_and_an_output_format_from_a_test_file(ray_session, tmp_path):  # noqa: F811
+def test_a_guidance_type_a_method_and_an_output_format_from_a_test_file(ray_session, tmp_path):  # noqa: F811
     pq.write_table(pa.table({"id": ["dim", "bright", "mid"]}), tmp_path / "in.parquet")
     spec = parse_spec({
         "run_id": "plugins", "model": str(ASSETS_DIR / "balanced"),
         "input": {"uri": str(tmp_path / "in.parquet"), "columns": {"id": "id"}},
         "guidance": {"type": "brightness", "level": 0.9},
-        "method": {"name": "doodl", "sampler": {"steps": 4}, "doodl": {"iterations": 2, "optimizer": "normalized"}},
+        "method": {"name": "tests.test_plugins:lowest-of", "sampler": {"steps": 4}, "lowest_of": {"samples": 3}},
         "output": {"uri": str(tmp_path / "out"), "format": "tests.test_plugins:zip"},
         "resources": {"actors": 1, "gpus_per_actor": 1, "batch_size": 3},
     })
-    assert isinstance(spec.guidance, BrightnessSettings)
+    assert isinstance(spec.guidance, BrightnessSettings) and spec.method.lowest_of.samples == 3
     summary = run_job(spec, progress=False)
     assert (summary.ok, summary.failed, summary.rejected) == (3, 0, 0)
     ledger = Ledger(Storage(str(tmp_path / "out")))
     rows = ledger.finished_rows()
     for row in rows:  # the guide's own score of the returned image is its loss there
         assert row["scores"]["guide/brightness"] == pytest.approx(row["final_loss"], abs=1e-6)
-        assert 0 <= row["final_loss"] <= 0.81 and len(row["history"]) >= 2
+        assert row["final_loss"] == pytest.approx(min(row["history"]), abs=1e-6) and len(row["history"]) == 3
+        assert row["compute"]["unet_forward"] == 3 * 4  # three plain 4-step samples
     with zipfile.ZipFile(tmp_path / "out" / "data" / "00000.zip") as archive:
         assert sorted(archive.namelist()) == sorted(f"{r['key']}.{s}" for r in rows for s in KINDS.values())
     images = ledger.images(rows)

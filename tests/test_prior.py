@@ -9,7 +9,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from doodl_ray.config import DoodlConfig, PriorConfig
+from doodl_ray.config import PriorConfig
+from doodl_ray.methods.specs.doodl import DoodlConfig
 from doodl_ray.engine import Item
 from doodl_ray.methods import METHODS
 from doodl_ray.methods.prior import DiffusionPrior
@@ -84,7 +85,7 @@ def test_prior_selection_picks_the_iterate_with_the_lowest_combined_score(tiny_p
 
         return dataclasses.replace(batch, prior=prior)
 
-    result = METHODS["doodl"](dataclasses.replace(problem, make_batch=recording), config)
+    result = METHODS["doodl"].run(dataclasses.replace(problem, make_batch=recording), config)
     history = torch.tensor(result.history).T  # [iterations + 1, items]
     combined = history + 50.0 * torch.stack(seen)
     assert result.best_iteration == combined.argmin(0).tolist()

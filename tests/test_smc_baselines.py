@@ -10,7 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from doodl_ray.config import DasConfig, MethodConfig, ParticleConfig, SamplerConfig
+from doodl_ray.config import SamplerConfig
+from doodl_ray.methods.registry import MethodConfig
+from doodl_ray.methods.specs.das import DasConfig
+from doodl_ray.methods.specs.particles import ParticleConfig
 from doodl_ray.digits import ASSETS_DIR
 from doodl_ray.engine import Engine, Item
 from doodl_ray.guidance.classifier import load_torchscript_classifier

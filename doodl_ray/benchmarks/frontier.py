@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from doodl_ray.config import MethodConfig, ParticleConfig
+from doodl_ray.methods.registry import MethodConfig
+from doodl_ray.methods.specs.particles import ParticleConfig
 from doodl_ray.contact_sheet import contact_sheet
 from doodl_ray.digits import ASSETS_DIR
 from doodl_ray.digits.data import RARE_CLASSES, load_split, nearest_train_distance

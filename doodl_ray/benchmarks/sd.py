@@ -15,7 +15,9 @@ import time
 import torch
 
 from doodl_ray.benchmarks.architectures import FAMILIES, build_pipeline
-from doodl_ray.config import DoodlConfig, MethodConfig, SamplerConfig
+from doodl_ray.config import SamplerConfig
+from doodl_ray.methods.registry import MethodConfig
+from doodl_ray.methods.specs.doodl import DoodlConfig
 
 STEPS = {"sd15": 50, "sdxl": 50, "sd3": 28, "flux": 28}  # each pipeline's default
 ADAPTER_FAMILY = {"sd15": "sd", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux"}

@@ -9,16 +9,11 @@ from pathlib import Path
 from PIL import Image
 from pydantic import ValidationError
 
-from doodl_ray.config import (
-    DoodlConfig,
-    MethodConfig,
-    ParticleConfig,
-    PriorConfig,
-    SamplerConfig,
-    SearchConfig,
-    StopConfig,
-    validation_problems,
-)
+from doodl_ray.config import PriorConfig, SamplerConfig, StopConfig, validation_problems
+from doodl_ray.methods import METHODS, MethodConfig
+from doodl_ray.methods.specs.doodl import DoodlConfig
+from doodl_ray.methods.specs.particles import ParticleConfig
+from doodl_ray.methods.specs.search_refine import SearchConfig
 from doodl_ray.errors import InvalidInput
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")  # torch dtype names
@@ -36,9 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluation-spec", type=Path,
                    help="YAML guidance spec of an independent model that scores the image before and after")
     p.add_argument("--target", help="guidance target: class index or name, text, ...")
-    p.add_argument("--method", choices=list(MethodConfig.model_fields["name"].annotation.__args__), default="doodl",
-                   help="doodl, search-refine (search then DOODL), best-of-n, one-step (single-chain x0 guidance), "
-                        "particles (FK steering), none")
+    p.add_argument("--method", default="doodl", metavar="NAME",
+                   help="; ".join(f"{name}: {plugin.summary}" for name, plugin in METHODS.items())
+                   + "; or package.module:name, a method another package registers")
+    p.add_argument("--setting", action="append", default=[], metavar="BLOCK.FIELD=VALUE",
+                   help="any method setting, e.g. particles.resampling=systematic or das.kl=0.3 (repeatable; "
+                        "the blocks: " + ", ".join(sorted({b for m in METHODS.values() for b in [m.block] if b})) + ")")
     p.add_argument("--budget", type=int, help="compute per item in UNet evaluations (sets candidates/iterations)")
     p.add_argument("--iterations", type=int, default=DoodlConfig().iterations)
     p.add_argument("--optimizer", choices=["reference", "normalized", "adam"], default="reference")
@@ -71,19 +69,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def method_from_args(args: argparse.Namespace) -> MethodConfig:
+    """The method settings of the flags, then any --setting BLOCK.FIELD=VALUE on top."""
+    from doodl_ray.jobs.spec import apply_overrides
+
+    data = dict(
+        name=args.method, budget=args.budget, guidance_scale=args.guidance_scale,
+        normalize_gradient=not args.raw_gradient, candidates=args.candidates,
+        sampler=SamplerConfig(steps=args.steps, cfg_scale=args.cfg_scale, mix=args.mix,
+                              height=args.height, width=args.width).model_dump(),
+        doodl=DoodlConfig(iterations=args.iterations, optimizer=args.optimizer, lr=args.lr, gradient=args.gradient,
+                          prior_weight=args.prior_weight).model_dump(),
+        prior=PriorConfig(selection=args.prior_selection).model_dump(),
+        stop=StopConfig(target_probability=args.stop_probability, guide_loss=args.stop_loss,
+                        prior=args.stop_prior).model_dump(),
+        search=SearchConfig(candidates=args.search_candidates, starts=args.search_starts).model_dump(),
+        particles=ParticleConfig(count=args.particles).model_dump(),
+    )
     try:
-        return MethodConfig(
-            name=args.method, budget=args.budget, guidance_scale=args.guidance_scale,
-            normalize_gradient=not args.raw_gradient, candidates=args.candidates,
-            sampler=SamplerConfig(steps=args.steps, cfg_scale=args.cfg_scale, mix=args.mix,
-                                  height=args.height, width=args.width),
-            doodl=DoodlConfig(iterations=args.iterations, optimizer=args.optimizer, lr=args.lr, gradient=args.gradient,
-                              prior_weight=args.prior_weight),
-            prior=PriorConfig(selection=args.prior_selection),
-            stop=StopConfig(target_probability=args.stop_probability, guide_loss=args.stop_loss, prior=args.stop_prior),
-            search=SearchConfig(candidates=args.search_candidates, starts=args.search_starts),
-            particles=ParticleConfig(count=args.particles),
-        )
+        return MethodConfig.model_validate(apply_overrides(data, args.setting))
     except ValidationError as exc:
         raise InvalidInput(validation_problems(exc, "method")) from None
 

@@ -15,7 +15,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
-from doodl_ray.config import MethodConfig, StrictModel, validation_problems
+from doodl_ray.config import StrictModel, validation_problems
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.errors import InvalidInput
 from doodl_ray.guidance.spec import GuidanceConfig
 from doodl_ray.jobs.ladder import BudgetConfig, LadderConfig, check_ladder

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from doodl_ray.config import MethodConfig, SamplerConfig
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.errors import InvalidInput, NonFiniteLoss
 from doodl_ray.sampling.edict import EpsFn
 from doodl_ray.sampling.schedule import Schedule
@@ -100,7 +100,6 @@ class Problem:
     noise: Tensor  # [B, *latent] each item's initial latents
     seeds: list[int]
     schedule: Schedule
-    sampler: SamplerConfig
     generators: list[torch.Generator]  # per item: crops, update noise, resampling
     compute: Compute
     passes: int  # network passes per item per eps call (2 with CFG): budgets are counted in passes
@@ -108,7 +107,6 @@ class Problem:
     draw: Callable[[Sequence[int]], Tensor]
     schedule_at: Callable[[int], Schedule]  # the model's schedule at another number of steps
     stop: Callable[[Tensor, Tensor | None], Tensor] | None = None  # (score, prior) -> [n] bool: item is done
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._views = lru_cache(maxsize=64)(self.make_batch)
@@ -155,11 +153,6 @@ def images01(decoded: Tensor) -> Tensor:
 def unit_rms(t: Tensor) -> Tensor:
     """Each item scaled to unit root-mean-square, so a step size means the same at every noise level."""
     return t / t.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-30).view(-1, *[1] * (t.ndim - 1))
-
-
-def expand(mask: Tensor, like: Tensor) -> Tensor:
-    """A [B] mask shaped to broadcast over `like`, on its device."""
-    return mask.to(like.device).view(-1, *[1] * (like.ndim - 1))
 
 
 def check_finite(values: Tensor, what: str) -> None:

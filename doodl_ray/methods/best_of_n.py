@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from doodl_ray.config import MethodConfig
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, rank_value, ranks_by_prior
 from doodl_ray.sampling.chain import chain_sample
 

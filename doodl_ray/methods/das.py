@@ -18,7 +18,8 @@ import torch
 
 from torch import Tensor
 
-from doodl_ray.config import DasConfig, MethodConfig
+from doodl_ray.methods.registry import MethodConfig
+from doodl_ray.methods.specs.das import DasConfig
 from doodl_ray.methods.base import Batch, MethodResult, Problem, candidate_seed, images01, rank_value
 from doodl_ray.methods.resampling import ess, resample, tempering
 from doodl_ray.sampling.chain import chain_step, stochastic_step

@@ -17,7 +17,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from doodl_ray.config import DoodlConfig, MethodConfig
+from doodl_ray.methods.registry import MethodConfig
+from doodl_ray.methods.specs.doodl import DoodlConfig
 from doodl_ray.methods.base import (
     Batch,
     MethodResult,

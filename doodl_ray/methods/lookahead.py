@@ -11,7 +11,7 @@ importance weights keep the target p(x) exp(r/α) exact whatever the twist."""
 
 from __future__ import annotations
 
-from doodl_ray.config import MethodConfig
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.base import MethodResult, Problem
 from doodl_ray.methods.das import twisted_smc
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from doodl_ray.config import MethodConfig
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.base import MethodResult, Problem, images01
 from doodl_ray.sampling.chain import chain_sample
 

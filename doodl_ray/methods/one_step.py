@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from doodl_ray.config import MethodConfig
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.base import Batch, MethodResult, Problem, candidate_seed, images01, unit_rms
 from doodl_ray.methods.best_of_n import keep_best
 from doodl_ray.sampling.schedule import Schedule

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from doodl_ray.config import MethodConfig
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, rank_value
 from doodl_ray.methods.resampling import resample, tempering
 from doodl_ray.sampling.chain import stochastic_step

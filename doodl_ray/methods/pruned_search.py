@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from doodl_ray.config import MethodConfig
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.base import Problem, candidate_seed, images01, rank_value, ranks_by_prior
 from doodl_ray.methods.best_of_n import Best, empty_best
 

@@ -6,7 +6,7 @@ right basin cheaply; the gradient then does what search alone cannot at that com
 
 from __future__ import annotations
 
-from doodl_ray.config import MethodConfig
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.base import MethodResult, Problem, candidate_seed
 from doodl_ray.methods.best_of_n import search
 from doodl_ray.methods.doodl import optimize
