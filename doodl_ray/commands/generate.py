@@ -9,10 +9,9 @@ from pathlib import Path
 from PIL import Image
 from pydantic import ValidationError
 
-from doodl_ray.config import PriorConfig, SamplerConfig, StopConfig, validation_problems
+from doodl_ray.config import PriorConfig, SamplerConfig, validation_problems
 from doodl_ray.methods import METHODS, MethodConfig
 from doodl_ray.methods.specs.doodl import DoodlConfig
-from doodl_ray.methods.specs.particles import ParticleConfig
 from doodl_ray.methods.specs.search_refine import SearchConfig
 from doodl_ray.errors import InvalidInput
 
@@ -75,15 +74,13 @@ def method_from_args(args: argparse.Namespace) -> MethodConfig:
     data = dict(
         name=args.method, budget=args.budget, guidance_scale=args.guidance_scale,
         normalize_gradient=not args.raw_gradient, candidates=args.candidates,
-        sampler=SamplerConfig(steps=args.steps, cfg_scale=args.cfg_scale, mix=args.mix,
-                              height=args.height, width=args.width).model_dump(),
-        doodl=DoodlConfig(iterations=args.iterations, optimizer=args.optimizer, lr=args.lr, gradient=args.gradient,
-                          prior_weight=args.prior_weight).model_dump(),
-        prior=PriorConfig(selection=args.prior_selection).model_dump(),
-        stop=StopConfig(target_probability=args.stop_probability, guide_loss=args.stop_loss,
-                        prior=args.stop_prior).model_dump(),
-        search=SearchConfig(candidates=args.search_candidates, starts=args.search_starts).model_dump(),
-        particles=ParticleConfig(count=args.particles).model_dump(),
+        sampler=dict(steps=args.steps, cfg_scale=args.cfg_scale, mix=args.mix, height=args.height, width=args.width),
+        doodl=dict(iterations=args.iterations, optimizer=args.optimizer, lr=args.lr, gradient=args.gradient,
+                   prior_weight=args.prior_weight),
+        prior=dict(selection=args.prior_selection),
+        stop=dict(target_probability=args.stop_probability, guide_loss=args.stop_loss, prior=args.stop_prior),
+        search=dict(candidates=args.search_candidates, starts=args.search_starts),
+        particles=dict(count=args.particles),
     )
     try:
         return MethodConfig.model_validate(apply_overrides(data, args.setting))
