@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from doodl_ray.methods.registry import MethodConfig
-from doodl_ray.methods.specs.das import DasConfig
+from doodl_ray.methods.specs.das import DasConfig, render_steps
 from doodl_ray.methods.base import Batch, MethodResult, Problem, candidate_seed, images01, rank_value
 from doodl_ray.methods.resampling import ess, resample, tempering
 from doodl_ray.sampling.chain import chain_step, stochastic_step
@@ -37,13 +37,12 @@ def noise_scales(schedule: Schedule, eta: float) -> list[float]:
     return [stochastic_step(one, one, k, schedule, eta)[1] for k in range(len(schedule))]
 
 
-def particle_cost(problem: Problem, eta: float, lookahead: int = 1) -> int:
+def particle_cost(problem: Problem, eta: float, lookahead: int = 1, until: float = 1.0) -> int:
     """UNet evaluations of one twisted particle: at every step the forward passes of its twist's render (the
     first is the step's own), and as many VJPs wherever the step has noise."""
-    schedule = problem.schedule
-    total = 0
-    for k, c in enumerate(noise_scales(schedule, eta)):
-        render = min(lookahead, len(schedule) - k) if c > 0 else 1
+    steps, total = len(problem.schedule), 0
+    for k, c in enumerate(noise_scales(problem.schedule, eta)):
+        render = render_steps(k, steps, lookahead, until) if c > 0 else 1
         total += render + (render if c > 0 else 0)
     return problem.passes * total
 
@@ -64,15 +63,17 @@ def twist_reward(batch: Batch, z: Tensor, out: Tensor, k: int, schedule: Schedul
 
 
 def das(problem: Problem, config: MethodConfig) -> MethodResult:
-    return twisted_smc(problem, config, config.das, lookahead=1)
+    return twisted_smc(problem, config, config.das)
 
 
-def twisted_smc(problem: Problem, config: MethodConfig, dc: DasConfig, lookahead: int) -> MethodResult:
-    """DAS's sequential Monte Carlo with the twist of `twist_reward`."""
+def twisted_smc(problem: Problem, config: MethodConfig, dc: DasConfig, lookahead: int = 1,
+                until: float = 1.0) -> MethodResult:
+    """DAS's sequential Monte Carlo with the twist of `twist_reward`, rendering `lookahead` levels ahead during
+    the first `until` of the steps."""
     schedule, n = problem.schedule, len(problem)
     k = dc.count or 4
     if config.budget is not None and dc.count is None:
-        k = max(1, config.budget // particle_cost(problem, dc.eta, lookahead))
+        k = max(1, config.budget // particle_cost(problem, dc.eta, lookahead, until))
     gamma, alpha = das_gamma(dc.tempering, len(schedule)), dc.kl
     rows = [i for i in range(n) for _ in range(k)]  # item-major
     seeds = [candidate_seed(problem.seeds[i], j) for i in range(n) for j in range(k)]
@@ -89,7 +90,8 @@ def twisted_smc(problem: Problem, config: MethodConfig, dc: DasConfig, lookahead
         with torch.enable_grad():
             leaf = z.detach().requires_grad_(c > 0)
             out = batch.eps(leaf, schedule.timesteps[step])
-            reward = twist_reward(batch, leaf, out, step, schedule, lookahead if c > 0 else 1, gens)
+            ahead = render_steps(step, len(schedule), lookahead, until) if c > 0 else 1
+            reward = twist_reward(batch, leaf, out, step, schedule, ahead, gens)
             grad = torch.autograd.grad(reward.sum(), leaf)[0] if c > 0 else torch.zeros_like(z)
         reward = reward.detach().to("cpu", torch.float64)
         twist = tempering(step, gamma) * reward / alpha

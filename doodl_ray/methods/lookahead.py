@@ -17,4 +17,4 @@ from doodl_ray.methods.das import twisted_smc
 
 
 def lookahead(problem: Problem, config: MethodConfig) -> MethodResult:
-    return twisted_smc(problem, config, config.lookahead, lookahead=config.lookahead.steps)
+    return twisted_smc(problem, config, config.lookahead, config.lookahead.steps, config.lookahead.until)

@@ -30,10 +30,16 @@ class DasConfig(StrictModel):
     )
 
 
-def particle_evaluations(steps: int, lookahead: int = 1) -> int:
+def render_steps(k: int, steps: int, lookahead: int, until: float) -> int:
+    """Network calls of a twisted particle's render at step k: `lookahead` levels (at most those left) during the
+    first `until` of the steps, the one-step estimate's single call after."""
+    return min(lookahead, steps - k) if k < until * steps else 1
+
+
+def particle_evaluations(steps: int, lookahead: int = 1, until: float = 1.0) -> int:
     """Network evaluations of one twisted particle at eta > 0: each step the forwards of its twist's render and as
     many VJPs, but the last step (no noise, no gradient): a forward."""
-    return sum(2 * min(lookahead, steps - k) for k in range(steps - 1)) + 1
+    return sum(2 * render_steps(k, steps, lookahead, until) for k in range(steps - 1)) + 1
 
 
 def least_budget(config: MethodConfig, sample: int, prior: int) -> int:

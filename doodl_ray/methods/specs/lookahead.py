@@ -14,10 +14,13 @@ class LookaheadConfig(DasConfig):
 
     steps: int = Field(4, ge=1, le=100, description="Levels of the render from each particle to its image (1: DAS's "
                        "one-step estimate; the whole remaining chain once fewer steps are left).")
+    until: float = Field(1.0, gt=0, le=1, description="Render ahead during this first fraction of the steps (where the "
+                         "one-step estimate is a blur), DAS's one-step estimate after.")
 
 
 def least_budget(config: MethodConfig, sample: int, prior: int) -> int:
-    return particle_evaluations(config.sampler.steps, config.lookahead.steps) * (sample // config.sampler.steps)
+    la = config.lookahead
+    return particle_evaluations(config.sampler.steps, la.steps, la.until) * (sample // config.sampler.steps)
 
 
 register_method(MethodPlugin(
