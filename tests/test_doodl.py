@@ -2,7 +2,6 @@
 deterministic per item, and stops with a clear error on a non-finite loss."""
 
 import pytest
-import torch
 
 from doodl_ray.config import SamplerConfig
 from doodl_ray.methods.registry import MethodConfig
@@ -10,20 +9,12 @@ from doodl_ray.methods.specs.doodl import DoodlConfig
 from doodl_ray.engine import Engine, Item
 from doodl_ray.errors import NonFiniteLoss
 from doodl_ray.guidance.base import Guidance
-from doodl_ray.guidance.classifier import load_torchscript_classifier
-
-
-def _engine(model, classifier, optimizer="normalized", iterations=6, **doodl):
-    method = MethodConfig(
-        name="doodl", guidance_scale=1.0, sampler=SamplerConfig(steps=6),
-        doodl=DoodlConfig(iterations=iterations, optimizer=optimizer, lr=0.3, **doodl),
-    )
-    return Engine(model, load_torchscript_classifier(classifier), method)
+from tests.method_helpers import doodl_engine
 
 
 @pytest.mark.parametrize("optimizer", ["reference", "normalized", "adam"])
 def test_doodl_lowers_the_loss_and_returns_the_best_iterate(tiny_pixel, tiny_classifier, optimizer):
-    engine = _engine(tiny_pixel, tiny_classifier, optimizer, **({"clip": 0.05} if optimizer == "reference" else {}))
+    engine = doodl_engine(tiny_pixel, tiny_classifier, optimizer, **({"clip": 0.05} if optimizer == "reference" else {}))
     items = [engine.validate(Item(id=str(i), seed=10 + i, target=i)) for i in range(2)]
     for result in engine.run(items):
         assert len(result.history) == 7
@@ -36,7 +27,7 @@ def test_doodl_lowers_the_loss_and_returns_the_best_iterate(tiny_pixel, tiny_cla
 def test_noise_stays_on_its_initial_norm(tiny_pixel, tiny_classifier):
     from doodl_ray.methods import METHODS
 
-    engine = _engine(tiny_pixel, tiny_classifier, "adam", iterations=3)
+    engine = doodl_engine(tiny_pixel, tiny_classifier, "adam", iterations=3)
     problem = engine.problem([engine.validate(Item(id="a", seed=1, target=2))])
     result = METHODS["doodl"].run(problem, engine.method)
     assert result.best_iteration[0] > 0  # an optimized iterate, not the initial noise
@@ -44,7 +35,7 @@ def test_noise_stays_on_its_initial_norm(tiny_pixel, tiny_classifier):
 
 
 def test_same_item_same_result_in_any_batch(tiny_pixel, tiny_classifier):
-    engine = _engine(tiny_pixel, tiny_classifier, "reference", iterations=2)
+    engine = doodl_engine(tiny_pixel, tiny_classifier, "reference", iterations=2)
     a, b = (engine.validate(Item(id=i, seed=s, target=t)) for i, s, t in (("a", 5, 1), ("b", 6, 4)))
     together = engine.run([a, b])
     alone = engine.run([b])

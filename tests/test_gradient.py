@@ -3,29 +3,10 @@ equals plain autograd through the same unrolled sampler (float64)."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from doodl_ray.methods.base import images01
 from doodl_ray.sampling.gradient import chain_gradient
-from doodl_ray.models import load_diffusion
 from doodl_ray.sampling.schedule import ddim_schedule
-from tests.tiny_models import TinyClassifier
-
-
-def _setup(path, text):
-    model = load_diffusion(path, dtype=torch.float64)
-    batch = 2
-    eps = model.condition(["a red bird", "a small dog"], None, 4.0) if text else model.condition(None, None, 1.0)
-    z = torch.randn(batch, *model.latent_shape(None, None), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    torch.manual_seed(0)
-    classifier = TinyClassifier(3, 10).double().requires_grad_(False)
-    targets = torch.tensor([3, 7])
-
-    def chain_loss(z0):
-        image = images01(model.decode(z0))
-        return F.cross_entropy(classifier(image), targets, reduction="none"), image
-
-    return model, eps, z, chain_loss
+from tests.method_helpers import gradient_problem
 
 
 SAMPLER_MODES = [("edict", "checkpoint"), ("edict", "reversible"), ("chain", "checkpoint")]
@@ -34,7 +15,7 @@ SAMPLER_MODES = [("edict", "checkpoint"), ("edict", "reversible"), ("chain", "ch
 @pytest.mark.parametrize("sampler,mode", SAMPLER_MODES)
 @pytest.mark.parametrize("text,steps,leapfrog", [(True, 4, True), (False, 5, True), (False, 4, False), (False, 1, True)])
 def test_gradient_matches_autograd(tiny_sd, tiny_pixel, sampler, mode, text, steps, leapfrog):
-    model, eps, z, chain_loss = _setup(tiny_sd if text else tiny_pixel, text)
+    model, eps, z, chain_loss = gradient_problem(tiny_sd if text else tiny_pixel, text)
     schedule = ddim_schedule(model.scheduler_config, steps)
     reference = chain_gradient(z, schedule, eps, chain_loss, 0.93, leapfrog, "autograd", sampler)
     ours = chain_gradient(z, schedule, eps, chain_loss, 0.93, leapfrog, mode, sampler)
@@ -45,7 +26,7 @@ def test_gradient_matches_autograd(tiny_sd, tiny_pixel, sampler, mode, text, ste
 
 
 def test_no_parameter_gradients_are_computed(tiny_pixel):
-    model, eps, z, chain_loss = _setup(tiny_pixel, False)
+    model, eps, z, chain_loss = gradient_problem(tiny_pixel, False)
     chain_gradient(z, ddim_schedule(model.scheduler_config, 3), eps, chain_loss, 0.93, True, "reversible")
     assert all(p.grad is None and not p.requires_grad for p in model.unet.parameters())
 
@@ -55,7 +36,7 @@ def test_single_chain_gradient_is_the_gradient_of_the_models_own_ddim_loop(tiny_
     coefficients are float32, hence the looser bound than against our own unrolled chain)."""
     from diffusers import DDIMScheduler
 
-    model, eps, z, chain_loss = _setup(tiny_pixel, False)
+    model, eps, z, chain_loss = gradient_problem(tiny_pixel, False)
     steps = 4
     scheduler = DDIMScheduler.from_config(model.scheduler_config)
     scheduler.set_timesteps(steps)
@@ -71,6 +52,6 @@ def test_single_chain_gradient_is_the_gradient_of_the_models_own_ddim_loop(tiny_
 
 
 def test_the_single_chain_has_no_reversible_mode(tiny_pixel):
-    model, eps, z, chain_loss = _setup(tiny_pixel, False)
+    model, eps, z, chain_loss = gradient_problem(tiny_pixel, False)
     with pytest.raises(ValueError, match="not invertible"):
         chain_gradient(z, ddim_schedule(model.scheduler_config, 2), eps, chain_loss, 0.93, True, "reversible", "chain")

@@ -11,6 +11,8 @@ from doodl_ray.config import SamplerConfig, StopConfig
 from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.specs.das import DasConfig
 from doodl_ray.methods.specs.doodl import DoodlConfig
+from doodl_ray.methods.specs.lookahead import LookaheadConfig
+from doodl_ray.methods.specs.noise_mcmc import NoiseMcmcConfig
 from doodl_ray.methods.specs.particles import ParticleConfig
 from doodl_ray.methods.specs.search_refine import SearchConfig
 from doodl_ray.engine import Engine, Item
@@ -59,6 +61,20 @@ def test_every_built_in_method_names_an_importable_function():
     # (all but the last DDIM step), and the final image decoded and scored.
     ("das", dict(unet_forward=4 * STEPS, unet_vjp=4 * (STEPS - 1), decode_forward=4 * STEPS + 4,
                  decode_vjp=4 * (STEPS - 1), guide_forward=4 * STEPS + 4, guide_vjp=4 * (STEPS - 1))),
+    # lookahead, 2 particles, 2-level renders: at each of the first two steps a 2-level render forward and back
+    # (its first evaluation is the particle's own step), at the last step one forward; each step's render and the
+    # final image decoded and scored.
+    ("lookahead", dict(unet_forward=2 * (2 + 2 + 1), unet_vjp=2 * (2 + 2), decode_forward=2 * (STEPS + 1),
+                       decode_vjp=2 * 2, guide_forward=2 * (STEPS + 1), guide_vjp=2 * 2)),
+    # noise-langevin, 2 chains, 1 move: 4 states per item, each rendered with its gradient (a forward per step,
+    # a VJP per step, a recomputed evaluation per step but the last), decoded once, scored twice (the guide's loss
+    # and the unaugmented ranking score).
+    ("noise-langevin", dict(unet_forward=4 * (2 * STEPS - 1), unet_vjp=4 * STEPS, decode_forward=4, decode_vjp=4,
+                            guide_forward=4 * 2, guide_vjp=4)),
+    # noise-mcmc: the same states without gradients; with 2-level chain renders, the chosen noise rendered again at
+    # the sampler's own steps.
+    ("noise-mcmc", dict(unet_forward=4 * 2 + STEPS, unet_vjp=0, decode_forward=4 + 1, decode_vjp=0,
+                        guide_forward=4 * 2, guide_vjp=0)),
     ("best-of-n", dict(unet_forward=3 * STEPS, unet_vjp=0, decode_forward=3, decode_vjp=0, guide_forward=3, guide_vjp=0)),
     ("one-step", dict(unet_forward=STEPS, unet_vjp=STEPS, decode_forward=STEPS + 1, decode_vjp=STEPS,
                       guide_forward=STEPS + 1, guide_vjp=STEPS)),
@@ -66,6 +82,8 @@ def test_every_built_in_method_names_an_importable_function():
 ])
 def test_compute_counts_equal_a_hand_count(tiny_pixel, tiny_classifier, name, expected):
     extra = dict(candidates=3) if name == "best-of-n" else {}
+    extra |= dict(lookahead=LookaheadConfig(count=2, steps=2), noise_langevin=NoiseMcmcConfig(chains=2, rounds=1, render_steps=None),
+                  noise_mcmc=NoiseMcmcConfig(chains=2, rounds=1, render_steps=2))
     if name == "doodl-chain":
         name, extra = "doodl", dict(doodl=DoodlConfig(iterations=2, optimizer="normalized", lr=0.3, sampler="chain"))
     results = _run(tiny_pixel, tiny_classifier, _method(name, **extra), ITEMS)
@@ -79,7 +97,8 @@ def test_classifier_free_guidance_counts_two_passes(tiny_sd, tiny_classifier):
     assert result.compute["unet_forward"] == 2 * 2 * STEPS
 
 
-@pytest.mark.parametrize("name", ["doodl", "best-of-n", "one-step", "search-refine", "particles", "das"])
+@pytest.mark.parametrize("name", ["doodl", "best-of-n", "one-step", "search-refine", "particles", "das", "lookahead",
+                                  "noise-langevin", "noise-mcmc"])
 def test_a_budget_is_never_exceeded(tiny_pixel, tiny_classifier, name):
     budget = 40 * STEPS
     method = _method(name, budget=budget, search=SearchConfig(fraction=0.25))
@@ -87,9 +106,12 @@ def test_a_budget_is_never_exceeded(tiny_pixel, tiny_classifier, name):
         assert budget * 0.5 <= result.compute["unet_evals"] <= budget, result.compute
 
 
-@pytest.mark.parametrize("name", ["doodl", "best-of-n", "search-refine", "particles", "one-step", "das"])
+@pytest.mark.parametrize("name", ["doodl", "best-of-n", "search-refine", "particles", "one-step", "das", "lookahead",
+                                  "noise-langevin", "noise-mcmc"])
 def test_an_item_gives_the_same_result_alone_or_in_a_batch(tiny_pixel, tiny_classifier, name):
+    chains = NoiseMcmcConfig(chains=2, rounds=2, render_steps=2)
     method = _method(name, candidates=3, particles=ParticleConfig(count=3, interval=1), das=DasConfig(count=3),
+                     lookahead=LookaheadConfig(count=3, steps=2), noise_langevin=chains, noise_mcmc=chains,
                      search=SearchConfig(candidates=2, starts=2), stop=StopConfig(guide_loss=2.2))
     engine = Engine(tiny_pixel, load_torchscript_classifier(tiny_classifier), method)
     items = [engine.validate(item) for item in ITEMS + [Item(id="c", seed=7, target=8)]]

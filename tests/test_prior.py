@@ -17,8 +17,7 @@ from doodl_ray.methods.prior import DiffusionPrior
 from doodl_ray.models.base import Diffusion
 from doodl_ray.sampling.gradient import chain_gradient
 from doodl_ray.sampling.schedule import ddim_schedule
-from tests.test_doodl import _engine
-from tests.test_gradient import _setup
+from tests.method_helpers import doodl_engine, gradient_problem
 
 ALPHAS = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
 
@@ -51,7 +50,7 @@ def test_prior_is_the_closed_form_denoising_error_of_a_point_mass():
 
 @pytest.mark.parametrize("text", [True, False])
 def test_gradient_with_the_prior_term_equals_plain_autograd(tiny_sd, tiny_pixel, text):
-    model, eps, z, chain_loss = _setup(tiny_sd if text else tiny_pixel, text)
+    model, eps, z, chain_loss = gradient_problem(tiny_sd if text else tiny_pixel, text)
     schedule = ddim_schedule(model.scheduler_config, 4)
     prior = DiffusionPrior(eps, model.training_pair, (0.3, 0.6), model.latent_shape(None, None), z.device, torch.float64)
 
@@ -67,7 +66,7 @@ def test_gradient_with_the_prior_term_equals_plain_autograd(tiny_sd, tiny_pixel,
 
 
 def test_prior_selection_picks_the_iterate_with_the_lowest_combined_score(tiny_pixel, tiny_classifier):
-    engine = _engine(tiny_pixel, tiny_classifier, iterations=5)
+    engine = doodl_engine(tiny_pixel, tiny_classifier, iterations=5)
     config = engine.method.model_copy(update={"prior": PriorConfig(selection=50.0, levels=(0.5,))})
     engine.method, engine.needs_prior = config, True
     items = [engine.validate(Item(id=str(i), seed=20 + i, target=i)) for i in range(3)]
@@ -93,8 +92,8 @@ def test_prior_selection_picks_the_iterate_with_the_lowest_combined_score(tiny_p
 
 
 def test_prior_in_the_engine_moves_results_towards_the_data(tiny_pixel, tiny_classifier):
-    plain = _engine(tiny_pixel, tiny_classifier, iterations=4)
-    with_prior_term = _engine(tiny_pixel, tiny_classifier, iterations=4, prior_weight=100.0)
+    plain = doodl_engine(tiny_pixel, tiny_classifier, iterations=4)
+    with_prior_term = doodl_engine(tiny_pixel, tiny_classifier, iterations=4, prior_weight=100.0)
     items = [plain.validate(Item(id=str(i), seed=30 + i, target=i)) for i in range(2)]
     prior = DiffusionPrior(plain.diffusion.condition(None, None, 1.0), plain.diffusion.training_pair, (0.3, 0.5, 0.7),
                            plain.latent_shape, plain.device, torch.float32)

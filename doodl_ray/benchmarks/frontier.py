@@ -5,8 +5,11 @@ best method and the best baseline, and a one-step scale sweep at one guided samp
 Every method starts from the same initial noise per (target, seed) and is guided by the same guide classifier
 through `Engine` with `method.budget` set, so compute is what the engine counted, not an estimate. Baselines as
 their authors run them: one-step x0 guidance on a single DDIM chain (best-of-k guided samples at larger budgets,
-its scale chosen by a sweep at one sample), best-of-N unguided search, and Feynman-Kac particle steering. The
-project's methods: DOODL (with and without the diffusion prior) and search-refine. An independent judge decides
+its scale chosen by a sweep at one sample), best-of-N unguided search, Feynman-Kac particle steering, DAS (SMC
+twisted by the one-step gradient) and gradient-free pCN chains over the initial noise. The project's methods, all
+of them moved by the exact gradient of the rendered pixels: DOODL (EDICT or one checkpointed chain, with and
+without the diffusion prior), search-refine, lookahead (DAS's SMC twisted by a short exact render) and
+noise-langevin (pCNL chains over the initial noise). A method runs only at budgets where it can make an image. An independent judge decides
 correctness; realistic-and-correct also requires the nearest-training-image distance to be within tau, the 95th
 percentile of that distance over real test images. Paired exact McNemar tests use the same items."""
 
@@ -55,6 +58,7 @@ def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -
     """The methods compared in `setting`, with the settings measured on held-out seeds (see BENCHMARKS.md);
     `stop_prior` is the setting's calibrated prior threshold."""
     doodl = dict(optimizer="normalized", lr=args.lr)
+    chains = dict(chains=args.chains, kl=args.chain_kl, render_steps=min(args.chain_render_steps, args.steps))
     stop = dict(target_probability=args.stop_probability, prior=stop_prior)
     out = [
         Variant("none", dict(name="none"), True, 1, 1),
@@ -70,6 +74,13 @@ def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -
         Variant("search-refine", dict(name="search-refine", doodl=doodl | dict(lr=args.refine_lr, prior_weight=args.prior_weight),
                                       prior=dict(selection=args.prior_selection), stop=stop,
                                       search=dict(fraction=args.search_fraction, starts=args.search_starts)), False, 1),
+        Variant(f"doodl-chain + prior {args.prior_weight:g}",
+                dict(name="doodl", doodl=doodl | dict(prior_weight=args.prior_weight, sampler="chain")), False, 3),
+        Variant(f"das a={args.das_kl:g}", dict(name="das", das=dict(kl=args.das_kl)), True, 1),
+        Variant(f"lookahead {args.lookahead_steps} a={args.das_kl:g}",
+                dict(name="lookahead", lookahead=dict(kl=args.das_kl, steps=args.lookahead_steps)), False, 1),
+        Variant(f"noise-langevin a={args.chain_kl:g}", dict(name="noise-langevin", noise_langevin=chains), False, 1),
+        Variant(f"noise-mcmc a={args.chain_kl:g}", dict(name="noise-mcmc", noise_mcmc=chains), True, 1),
     ]
     for normalize, scales in ((False, args.raw_scales), (True, args.normalized_scales)):
         for scale in scales:  # the sweep that chose the one-step scale: one guided sample each
@@ -79,6 +90,12 @@ def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -
     out = [replace(v, max_budget=min(v.max_budget, caps.get(v.method, v.max_budget),
                                      caps.get(f"{setting}:{v.method}", v.max_budget))) for v in out]
     return [v for v in out if args.methods is None or v.method in args.methods]
+
+
+def _least_samples(variant: Variant, steps: int) -> float:
+    """The least budget the method accepts, in single-chain samples (the registry's count for one image)."""
+    config = MethodConfig.model_validate({**variant.config, "sampler": {"steps": steps}})
+    return config.plugin.least_budget(config, steps, len(config.prior.levels)) / steps
 
 
 def _cap(text: str) -> tuple[str, float]:
@@ -98,7 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=30, help="sampling steps for every method")
     parser.add_argument("--budgets", type=float, nargs="+", default=[1, 3, 10, 50.67, 152, 456],
                         help="budgets in single-chain samples (x steps = UNet evaluations): 152 = DOODL-25, 50.67 = a third of it")
-    parser.add_argument("--methods", nargs="+", help="only these (none best-of-n one-step particles doodl search-refine)")
+    parser.add_argument("--methods", nargs="+", help="only these (none best-of-n one-step particles doodl search-refine "
+                        "das lookahead noise-langevin noise-mcmc)")
     parser.add_argument("--cap", nargs="+", default=[], metavar="[SETTING:]METHOD=SAMPLES",
                         help="stop a method's ladder at this budget, e.g. doodl=152 or rare:particles=152")
     parser.add_argument("--cache", type=Path, help="folder keeping each finished (setting, method, budget) result: "
@@ -124,6 +142,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particle-temperature", type=float, default=ParticleConfig().temperature,
                         help="FK steering lambda")
     parser.add_argument("--particle-interval", type=int, default=ParticleConfig().interval)
+    parser.add_argument("--das-kl", type=float, default=0.1, help="DAS's and lookahead's alpha")
+    parser.add_argument("--lookahead-steps", type=int, default=3, help="levels of lookahead's render")
+    parser.add_argument("--chain-kl", type=float, default=0.1, help="noise-langevin's and noise-mcmc's alpha")
+    parser.add_argument("--chains", type=int, default=4, help="noise-langevin's and noise-mcmc's chains per item")
+    parser.add_argument("--chain-render-steps", type=int, default=10, help="steps the noise chains render through")
     parser.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
     parser.add_argument("--plot", type=Path, help="PNG: rate vs budget, a line per method, a panel per setting")
     parser.add_argument("--sheet", type=Path, help="contact sheets SHEET-SETTING.png at --sheet-budget: a row per "
@@ -138,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     realism = real_realism()
     tasks = [(setting, v, budget) for setting in args.settings for v in variants(args, setting, thresholds[setting])
              for budget in ladder
-             if v.min_budget <= budget <= v.max_budget and (budget in args.budgets or budget == v.max_budget)]
+             if max(v.min_budget, _least_samples(v, args.steps)) <= budget <= v.max_budget
+             and (budget in args.budgets or budget == v.max_budget)]
     started = time.perf_counter()
     outcomes = _run_tasks(args, tasks, realism)
     report: dict[str, Any] = {"settings": {}, "steps": args.steps, "crops": args.crops,

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, rank_value
-from doodl_ray.methods.best_of_n import Best, empty_best
+from doodl_ray.methods.best_of_n import empty_best
 from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.specs.noise_mcmc import NoiseMcmcConfig, evaluation_cost
 from doodl_ray.sampling.chain import chain_sample
