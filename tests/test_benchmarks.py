@@ -15,11 +15,12 @@ def _last_json(args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_grad_benchmark_reports_every_mode_for_both_models():
+def test_grad_benchmark_reports_every_mode():
+    """Every mode on the DDIM model (a fresh process each: the flow model's gradients are checked in test_flow)."""
     from doodl_ray.benchmarks.grad import MODES
 
-    result = _last_json(["grad", "--steps", "2", "4", "--size", "16", "--repeats", "1", "--rounds", "1"])
-    assert result["steps"] == [2, 4] and set(result["models"]) == {"ddim", "flow"}
+    result = _last_json(["grad", "--steps", "2", "4", "--size", "16", "--repeats", "1", "--rounds", "1", "--models", "ddim"])
+    assert result["steps"] == [2, 4] and set(result["models"]) == {"ddim"}
     for model in result["models"].values():
         for key in ("peak_mb", "sec_per_grad", "evals_per_grad"):
             assert set(model[key]) == set(MODES)

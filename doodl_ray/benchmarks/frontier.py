@@ -79,7 +79,8 @@ def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -
         Variant(f"das a={args.das_kl:g}", dict(name="das", das=dict(kl=args.das_kl)), True, 1),
         Variant(f"lookahead {args.lookahead_steps} a={args.das_kl:g}",
                 dict(name="lookahead", lookahead=dict(kl=args.das_kl, steps=args.lookahead_steps)), False, 1),
-        Variant(f"noise-langevin a={args.chain_kl:g}", dict(name="noise-langevin", noise_langevin=chains), False, 1),
+        Variant(f"noise-langevin a={args.chain_kl:g} h={args.langevin_step:g}",
+                dict(name="noise-langevin", noise_langevin=chains | dict(step_size=args.langevin_step)), False, 1),
         Variant(f"noise-mcmc a={args.chain_kl:g}", dict(name="noise-mcmc", noise_mcmc=chains), True, 1),
     ]
     for normalize, scales in ((False, args.raw_scales), (True, args.normalized_scales)):
@@ -89,7 +90,7 @@ def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -
     caps = dict(_cap(c) for c in args.cap)
     out = [replace(v, max_budget=min(v.max_budget, caps.get(v.method, v.max_budget),
                                      caps.get(f"{setting}:{v.method}", v.max_budget))) for v in out]
-    return [v for v in out if args.methods is None or v.method in args.methods]
+    return [v for v in out if args.methods is None or v.method in args.methods or v.label in args.methods]
 
 
 def _least_samples(variant: Variant, steps: int) -> float:
@@ -115,8 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=30, help="sampling steps for every method")
     parser.add_argument("--budgets", type=float, nargs="+", default=[1, 3, 10, 50.67, 152, 456],
                         help="budgets in single-chain samples (x steps = UNet evaluations): 152 = DOODL-25, 50.67 = a third of it")
-    parser.add_argument("--methods", nargs="+", help="only these (none best-of-n one-step particles doodl search-refine "
-                        "das lookahead noise-langevin noise-mcmc)")
+    parser.add_argument("--methods", nargs="+", help="only these methods (none best-of-n one-step particles doodl "
+                        "search-refine das lookahead noise-langevin noise-mcmc) or variant labels")
     parser.add_argument("--cap", nargs="+", default=[], metavar="[SETTING:]METHOD=SAMPLES",
                         help="stop a method's ladder at this budget, e.g. doodl=152 or rare:particles=152")
     parser.add_argument("--cache", type=Path, help="folder keeping each finished (setting, method, budget) result: "
@@ -146,6 +147,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lookahead-steps", type=int, default=3, help="levels of lookahead's render")
     parser.add_argument("--chain-kl", type=float, default=0.1, help="noise-langevin's and noise-mcmc's alpha")
     parser.add_argument("--chains", type=int, default=4, help="noise-langevin's and noise-mcmc's chains per item")
+    parser.add_argument("--langevin-step", type=float, default=0.05,
+                        help="noise-langevin's h (noise-mcmc keeps its default; Langevin moves need a smaller one)")
     parser.add_argument("--chain-render-steps", type=int, default=10, help="steps the noise chains render through")
     parser.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
     parser.add_argument("--plot", type=Path, help="PNG: rate vs budget, a line per method, a panel per setting")
