@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from doodl_ray.config import MethodConfig, PriorConfig, StrictModel
+from doodl_ray.config import PriorConfig, StrictModel
+from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.errors import InvalidInput
 from doodl_ray.guidance.registry import GuidanceConfig
 
