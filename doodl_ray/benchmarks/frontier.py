@@ -93,10 +93,12 @@ def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -
     return [v for v in out if args.methods is None or v.method in args.methods or v.label in args.methods]
 
 
-def _least_samples(variant: Variant, steps: int) -> float:
-    """The least budget the method accepts, in single-chain samples (the registry's count for one image)."""
+def runs_at(variant: Variant, budget: float, steps: int) -> bool:
+    """Whether `variant` runs at `budget` single-chain samples: inside its range and at least the budget its
+    method needs for one image (the registry's count)."""
     config = MethodConfig.model_validate({**variant.config, "sampler": {"steps": steps}})
-    return config.plugin.least_budget(config, steps, len(config.prior.levels)) / steps
+    least = config.plugin.least_budget(config, steps, len(config.prior.levels)) / steps
+    return max(variant.min_budget, least) <= budget <= variant.max_budget
 
 
 def _cap(text: str) -> tuple[str, float]:
@@ -164,8 +166,7 @@ def run(args: argparse.Namespace) -> int:
     realism = real_realism()
     tasks = [(setting, v, budget) for setting in args.settings for v in variants(args, setting, thresholds[setting])
              for budget in ladder
-             if max(v.min_budget, _least_samples(v, args.steps)) <= budget <= v.max_budget
-             and (budget in args.budgets or budget == v.max_budget)]
+             if runs_at(v, budget, args.steps) and (budget in args.budgets or budget == v.max_budget)]
     started = time.perf_counter()
     outcomes = _run_tasks(args, tasks, realism)
     report: dict[str, Any] = {"settings": {}, "steps": args.steps, "crops": args.crops,

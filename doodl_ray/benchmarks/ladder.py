@@ -69,7 +69,7 @@ def _singles(args: argparse.Namespace, realism: dict[str, float]) -> dict[str, l
     """Every chosen single method at every chosen budget it runs at (the frontier's tasks, cached by `--cache`)."""
     thresholds = {s: frontier.real_prior_quantile(args.assets / s, args.stop_prior_quantile) for s in args.settings}
     tasks = [(s, v, b) for s in args.settings for v in frontier.variants(args, s, thresholds[s])
-             if "(sweep)" not in v.label for b in args.budgets if v.min_budget <= b <= v.max_budget]
+             if "(sweep)" not in v.label for b in args.budgets if frontier.runs_at(v, b, args.steps)]
     points: dict[str, list[dict[str, Any]]] = {s: [] for s in args.settings}
     for (setting, variant, budget), outcome in zip(tasks, frontier._run_tasks(args, tasks, realism)):
         outcome.pop("images")
