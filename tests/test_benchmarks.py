@@ -11,7 +11,7 @@ from doodl_ray.cli import main
 
 def _last_json(args):
     proc = subprocess.run([sys.executable, "-m", "doodl_ray.cli", "bench", *args, "--json"], capture_output=True,
-                          text=True, timeout=300, check=True)
+                          text=True, timeout=600, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
