@@ -22,7 +22,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -399,7 +401,9 @@ def tables(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+@contextmanager
+def setting_panels(report: dict[str, Any], path: Path, xlabel: str) -> Iterator[list[tuple[Any, str]]]:
+    """A panel per setting of `report` (log budget axis, rate axis), saved to `path` as a PNG when the block ends."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -407,26 +411,33 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     settings = list(report["settings"])
     fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        sweep: list[dict] = []
-        for label, m in report["settings"][setting]["methods"].items():
-            points = sorted(m["points"], key=lambda p: p["budget"])
-            if "(sweep)" in label:  # one grey point per scale, not a line per scale
-                sweep += points
-                continue
-            style = "--" if m["baseline"] else "-"
-            ax.plot([p["budget"] for p in points], [p["real_correct"] for p in points], style, marker="o", label=label)
-        if sweep:
-            ax.scatter([p["budget"] for p in sweep], [p["real_correct"] for p in sweep], s=14, color="grey",
-                       zorder=3, label="one-step scale sweep (one guided sample)")
+    yield list(zip(axes[0], settings))
+    for ax in axes[0]:
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("budget: UNet evaluations per image")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("realistic and correct")
-        ax.set_title(f"{setting} ({report['settings'][setting]['items']} items)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    with setting_panels(report, path, "budget: UNet evaluations per image") as panels:
+        for ax, setting in panels:
+            sweep: list[dict] = []
+            for label, m in report["settings"][setting]["methods"].items():
+                points = sorted(m["points"], key=lambda p: p["budget"])
+                if "(sweep)" in label:  # one grey point per scale, not a line per scale
+                    sweep += points
+                    continue
+                style = "--" if m["baseline"] else "-"
+                ax.plot([p["budget"] for p in points], [p["real_correct"] for p in points], style, marker="o",
+                        label=label)
+            if sweep:
+                ax.scatter([p["budget"] for p in sweep], [p["real_correct"] for p in sweep], s=14, color="grey",
+                           zorder=3, label="one-step scale sweep (one guided sample)")
+            ax.set_title(f"{setting} ({report['settings'][setting]['items']} items)")

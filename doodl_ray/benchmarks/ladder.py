@@ -193,30 +193,14 @@ def tables(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Rate vs mean UNet evaluations per item: a line per single method, the ladder a star; a panel per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    settings = list(report["settings"])
-    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        entry = report["settings"][setting]
-        for label in sorted({p["label"] for p in entry["singles"]}):
-            points = sorted((p for p in entry["singles"] if p["label"] == label), key=lambda p: p["unet_evals_mean"])
-            ax.plot([p["unet_evals_mean"] for p in points], [p["real_correct"] for p in points], "--", marker="o",
-                    label=label)
-        ladder = entry["ladder"]
-        ax.scatter([ladder["unet_evals_mean"]], [ladder["real_correct"]], marker="*", s=220, color="black", zorder=4,
-                   label="ladder (jobs/digits-ladder.yaml)")
-        ax.set_xscale("log")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("mean UNet evaluations per item")
-        ax.set_ylabel("realistic and correct")
-        ax.set_title(f"{setting} ({ladder['items']} items)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with frontier.setting_panels(report, path, "mean UNet evaluations per item") as panels:
+        for ax, setting in panels:
+            entry = report["settings"][setting]
+            for label in sorted({p["label"] for p in entry["singles"]}):
+                points = sorted((p for p in entry["singles"] if p["label"] == label), key=lambda p: p["unet_evals_mean"])
+                ax.plot([p["unet_evals_mean"] for p in points], [p["real_correct"] for p in points], "--", marker="o",
+                        label=label)
+            ladder = entry["ladder"]
+            ax.scatter([ladder["unet_evals_mean"]], [ladder["real_correct"]], marker="*", s=220, color="black",
+                       zorder=4, label="ladder (jobs/digits-ladder.yaml)")
+            ax.set_title(f"{setting} ({ladder['items']} items)")

@@ -145,6 +145,16 @@ class MethodResult:
     scores: dict[str, list[float]] = field(default_factory=dict)  # per item: method-specific readable scores
 
 
+def particle_result(image: Tensor, z: Tensor, score: Tensor, best: Tensor, history: list[list[float]]) -> MethodResult:
+    """Each item's chosen particle (`best`: its index among the item's K, rows item-major) as the result, the
+    chosen particle's score ending the item's history."""
+    n = best.shape[0]
+    chosen = torch.arange(n) * (image.shape[0] // n) + best
+    for i in range(n):
+        history[i].append(float(score[chosen[i]]))
+    return MethodResult(image[chosen.to(image.device)], z[chosen.to(z.device)], history, best.tolist())
+
+
 def images01(decoded: Tensor) -> Tensor:
     """Decoder output in [-1, 1] -> image in [0, 1]."""
     return ((decoded + 1) / 2).clamp(0, 1)

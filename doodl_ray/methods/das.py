@@ -20,7 +20,7 @@ from torch import Tensor
 
 from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.specs.das import DasConfig, render_steps
-from doodl_ray.methods.base import Batch, MethodResult, Problem, candidate_seed, images01, rank_value
+from doodl_ray.methods.base import Batch, MethodResult, Problem, candidate_seed, images01, particle_result, rank_value
 from doodl_ray.methods.resampling import ess, resample, tempering
 from doodl_ray.sampling.chain import chain_step, stochastic_step
 from doodl_ray.sampling.schedule import Schedule
@@ -128,7 +128,4 @@ def twisted_smc(problem: Problem, config: MethodConfig, dc: DasConfig, lookahead
     else:
         value = rank_value(score, batch.prior_cpu(z) if config.prior.selection else None, config)
         best = value.view(n, k).argmin(dim=1)
-    chosen = torch.arange(n) * k + best
-    for i in range(n):
-        history[i].append(float(score[chosen[i]]))
-    return MethodResult(image[chosen.to(image.device)], z[chosen.to(z.device)], history, best.tolist())
+    return particle_result(image, z, score, best, history)

@@ -18,7 +18,7 @@ import math
 import torch
 
 from doodl_ray.methods.registry import MethodConfig
-from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, rank_value
+from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, particle_result, rank_value
 from doodl_ray.methods.resampling import resample, tempering
 from doodl_ray.sampling.chain import stochastic_step
 
@@ -57,11 +57,7 @@ def particles(problem: Problem, config: MethodConfig) -> MethodResult:
     image = images01(batch.decode(z))
     score = batch.score(image)
     value = rank_value(score, batch.prior_cpu(z) if config.prior.selection else None, config)
-    best = value.view(n, k).argmin(dim=1)
-    chosen = torch.arange(n) * k + best
-    for i in range(n):
-        history[i].append(float(score[chosen[i]]))
-    return MethodResult(image[chosen.to(image.device)], z[chosen.to(z.device)], history, best.tolist())
+    return particle_result(image, z, score, value.view(n, k).argmin(dim=1), history)
 
 
 def _per_slot_randn(like: torch.Tensor, generators) -> torch.Tensor:
