@@ -9,7 +9,6 @@ so "every image on storage is the one its ledger row describes" is checked image
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -19,13 +18,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
+from doodl_ray.benchmarks.local_cluster import LocalCluster
 from doodl_ray.jobs.ledger import Ledger
 from doodl_ray.jobs.storage import Storage
 from tests.faulty_processor import stamp_matches
-from tests.ray_cluster import ROOT, RayCluster, ray_cluster  # noqa: F401
+from tests.ray_cluster import ROOT, local_cluster, ray_cluster  # noqa: F401
 from tests.s3_server import s3_endpoint  # noqa: F401
 
 FORMATS = {"files": {"gpus_per_actor": 1, "cpus_per_actor": 0.05},
@@ -59,7 +58,7 @@ class Job:
         return self.log.read_text()
 
 
-def start_jobs(cluster: RayCluster, where: Path, s3, count: int, seconds: float, actors: int,
+def start_jobs(cluster: LocalCluster, where: Path, s3, count: int, seconds: float, actors: int,
                **spec: dict) -> dict[str, Job]:
     """A files job and a webdataset job of `count` stamped items each, `seconds` per item; both start
     computing once every actor of both is ready (their drivers start actors at different speeds)."""
@@ -75,7 +74,8 @@ def start_jobs(cluster: RayCluster, where: Path, s3, count: int, seconds: float,
             uri, storage = str(folder / "out"), {}
         else:
             uri, storage = f"s3://{s3.bucket()}/out", {"endpoint_url": s3.url}
-        data = {"run_id": f"faults-{fmt}", "model": "unused", "input": {"uri": str(folder / "in.parquet"), "columns": {"id": "id"}},
+        data = {"run_id": f"faults-{fmt}", "model": "unused",
+                "input": {"uri": str(folder / "in.parquet"), "columns": {"id": "id"}},
                 "output": {"uri": uri, "shard_size": 10, "format": fmt}, "storage": storage,
                 "processor": {"name": "tests.faulty_processor:FaultyProcessor",
                               "options": {"seconds": seconds, "trace": str(folder / "trace"),
@@ -90,7 +90,7 @@ def start_jobs(cluster: RayCluster, where: Path, s3, count: int, seconds: float,
     return jobs
 
 
-def run_driver(cluster: RayCluster, folder: Path) -> subprocess.Popen:
+def run_driver(cluster: LocalCluster, folder: Path) -> subprocess.Popen:
     with open(folder / "driver.log", "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "doodl_ray.cli", "run", str(folder / "job.yaml"),
                                  "--address", cluster.address], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -183,7 +183,7 @@ def test_head_killed_then_rerun(ray_cluster, s3_endpoint, tmp_path: Path):
         assert 8 <= int(line.match(last).group(1)) < 60
     assert time.monotonic() - lost < 30
 
-    fresh = RayCluster(tmp_path / "fresh")
+    fresh = local_cluster(tmp_path / "fresh")
     try:
         fresh.start_head()
         fresh.add_worker()
