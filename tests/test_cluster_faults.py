@@ -113,7 +113,8 @@ def check_run(job: Job) -> list[dict]:
     assert all(stamp_matches(images[r["key"]]["image"], r) for r in rows), job.fmt
     storage = job.ledger.storage
     assert storage.list("results/parts") == [] and storage.list("staging") == [], job.fmt
-    assert job.ledger.counts()["state"] == "finished"
+    counts = job.ledger.counts()
+    assert (counts["state"], counts["strays"]) == ("finished", 0)
     return rows
 
 
@@ -160,6 +161,32 @@ def test_node_lost_without_replacement(ray_cluster, s3_endpoint, tmp_path: Path)
         check_run(job)
         assert capacity(job)[-1] == "1/2", job.fmt
     ray_cluster.add_worker(wait=False)  # for the next test, started while this one checks
+
+
+def test_node_frozen_then_resumed(ray_cluster, s3_endpoint, tmp_path: Path):
+    """(b) A worker node frozen (SIGSTOP) until Ray marks it dead and each driver gives its actor up, then
+    resumed after both runs finished: the abandoned actors finish the items they held and try to write them
+    (their traces say so), but no results part or image of theirs lands in a finished shard, and nothing
+    stray is left."""
+    for node in ray_cluster.workers:
+        if node.alive:
+            ray_cluster.wait_up(node)
+    jobs = start_jobs(ray_cluster, tmp_path, s3_endpoint, count=60, seconds=0.3, actors=2)
+    wait_for("progress", lambda: all(len(j.traced()) >= 8 for j in jobs.values()))
+    victim = next(w for w in ray_cluster.workers if w.alive)
+    victim.freeze()
+    for job in jobs.values():
+        assert job.wait() == 0, job.output()[-3000:]
+    finished = time.time()
+    before = {fmt: check_run(job) for fmt, job in jobs.items()}
+    victim.thaw()
+    wait_for("late writes", lambda: any(j.traced(since=finished) for j in jobs.values()), timeout_s=30)
+    time.sleep(3)  # the abandoned actors' writes, and their own clean-up, before their node's Ray ends them
+    for fmt, job in jobs.items():
+        assert check_run(job) == before[fmt]  # the same rows, each image still the one its row describes
+        late = dict(name.split(".") for name in job.traced(since=finished))
+        assert not [r for r in before[fmt] if late.get(r["id"]) == str(int(r["final_loss"]))]
+    victim.kill()
 
 
 def test_head_killed_then_rerun(ray_cluster, s3_endpoint, tmp_path: Path):

@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
           f"shards done {counts['shards_done']}/{counts['shards']}")
     if "ladder" in counts:
         print(ladder_text(counts["ladder"]))
+    if counts["strays"]:
+        print(f"  strays {counts['strays']}: parts or staged images written for finished shards by abandoned "
+              "attempts; the next run of this spec removes them")
     return 0
 
 

@@ -108,7 +108,7 @@ class _Slot:
     start_failures: int = 0
     restart_at: float = 0.0
     ready_by: float = float("inf")  # startup deadline
-    node: Optional[str] = None  # the id of the node its actor runs on, once ready
+    node: str | None = None  # the id of the node its actor runs on, once ready
     inflight: deque = field(default_factory=deque)
 
 
@@ -212,6 +212,7 @@ class Driver:
         self.remaining = {s: 0 for s in self.shard_rows}
         for item in pending:
             self.remaining[item.shard] += 1
+        self.ledger.reopen(s for s, left in self.remaining.items() if left)
         for shard, left in self.remaining.items():
             if left == 0:
                 self._finalize(shard)
@@ -387,7 +388,8 @@ class Driver:
         while (not entries[0].solo and queue and not queue[0].solo and len(entries) < self.spec.resources.batch_size
                and self._admit(queue)):
             entries.append(queue.popleft())
-        batch = _Batch(entries, slot.actor.process.remote([(e.item, e.attempts + 1) for e in entries]))
+        lease = f"{self.session}-w{slot.index}-{slot.generation}"  # the actor incarnation's: fencing, jobs.ledger
+        batch = _Batch(entries, slot.actor.process.remote([(e.item, e.attempts + 1) for e in entries], lease))
         if not slot.inflight:
             batch.deadline = self._deadline(batch)
         slot.inflight.append(batch)

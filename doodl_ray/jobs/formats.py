@@ -1,6 +1,6 @@
 """Output formats: how a finished shard's images are written, and how they are read back.
 
-    files       images/<key>.png, images/<key>.initial.png     loose PNGs, written in place by the workers
+    files       images/<key>.png, images/<key>.initial.png     loose PNGs, moved there from staging
     webdataset  data/NNNNN.tar                                 <key>.png, <key>.initial.png, <key>.json (the
                                                                row), <key>.txt (the prompt, when there is one)
     parquet     data/NNNNN.parquet                             the row's fields plus `image` and `initial_image`
@@ -62,7 +62,7 @@ class OutputFormat(abc.ABC):
 
     name: ClassVar[str]
     prefixes: ClassVar[tuple[str, ...]]  # where its images live, besides results/ and the manifest
-    in_place: ClassVar[bool] = False  # workers write each image where it stays; else the ledger stages it
+    in_place: ClassVar[bool] = False  # each image has a key of its own (final_key); else the shard's are packed
 
     def final_key(self, key: str, kind: str) -> str:
         """Where an in-place format keeps an item's image of `kind`."""
@@ -115,7 +115,7 @@ def output_format(name: str) -> OutputFormat:
 
 @register_format
 class FilesFormat(OutputFormat):
-    """A PNG per image under images/, named by the item's key, written in place by the workers."""
+    """A PNG per image under images/, named by the item's key, moved there when its shard is finished."""
 
     name = "files"
     prefixes = ("images",)

@@ -1,18 +1,26 @@
 """The ledger: a run's output in one object. It owns the layout, reading (one merge rule) and writing;
 the images' own layout in each output format is the format's (jobs.formats).
 
-    OUTPUT/manifest.json                              spec, versions, start/end, totals
-    OUTPUT/results/parts/shard-NNNNN/<token>.parquet  results of one batch, written as soon as it finishes
-    OUTPUT/results/shard-NNNNN.parquet                a finished shard's rows (one per input row)
-    OUTPUT/results/shard-NNNNN.done.json              the shard's done marker and stats (written last)
-    OUTPUT/staging/shard-NNNNN/<key>.<kind>.png       a packed format's images of a shard still open
-    OUTPUT/rungs/shard-NNNNN/<token>.parquet          an escalation ladder's rung results not yet final
-    OUTPUT/rungs/shard-NNNNN/<key>.rung-R.<kind>.png  their images (jobs.escalation promotes the best one)
+    OUTPUT/manifest.json                                      spec, versions, start/end, totals
+    OUTPUT/results/parts/shard-NNNNN/<lease>-<token>.parquet  results of one batch, as soon as it finishes
+    OUTPUT/results/shard-NNNNN.parquet                        a finished shard's rows (one per input row)
+    OUTPUT/results/shard-NNNNN.done.json                      the shard's done marker and stats (written last)
+    OUTPUT/staging/shard-NNNNN/<lease>/<key>.<kind>.png       the images of a shard still open
+    OUTPUT/rungs/shard-NNNNN/<token>.parquet                  an escalation ladder's rung results not yet final
+    OUTPUT/rungs/shard-NNNNN/<key>.rung-R.<kind>.png          their images (jobs.escalation promotes the best one)
 
 Parts make finished work durable the moment a worker has it, so a driver killed at any point loses at most
-the batches in flight. A packed format's images are staged as each item finishes and packed when its shard
-is; the marker is written only after the images are packed and the shard file is written, so a marker always
-means a complete shard, and a driver killed in between packs the same staged images again.
+the batches in flight. Images are staged as each item finishes and put in their format's place (packed, or
+moved to their own key) when their shard is finished; the marker is written only after that and the shard
+file, so a marker always means a complete shard, and a driver killed in between does it again.
+
+Fencing: a worker stages under the lease of the attempt the driver sent its batch with, and each row records
+where its images are, so an abandoned attempt (a frozen node's actor that wakes up, an actor a lost driver
+left running) never overwrites another attempt's image, and the image a shard keeps is always the one its
+row describes. Its late part of a shard still open is ignored by the driver that gave it up and removed
+with the shard's parts; a finished shard's marker refuses its writes (checked before them, and after its
+part, which it then removes itself with its images); what it leaves when it dies in between is a stray,
+which `strays` lists (`doodl-ray status`) and the next run's `tidy` removes.
 
 A shard is done when its marker exists and describes the same rows (ids hash) and the same spec (result
 hash). Rows are read with one merge rule: an id with several rows (a batch that finished twice around a
@@ -78,8 +86,13 @@ def rungs_prefix(shard: int) -> str:
     return f"rungs/shard-{shard:05d}"
 
 
-def _part_shard(key: str) -> int:
-    return int(key.split("/")[2].removeprefix("shard-"))
+def _shard_of(key: str) -> int:
+    """The shard a part or a staged image belongs to (its first shard-NNNNN path segment)."""
+    return int(next(p for p in key.split("/") if p.startswith("shard-")).removeprefix("shard-"))
+
+
+class ShardFinished(Exception):
+    """A write for a shard whose marker exists: an abandoned attempt's, refused."""
 
 
 def ids_hash(ids: Iterable[str | None]) -> str:
@@ -196,7 +209,7 @@ class Ledger:
 
     def _open_parts(self, finished: Iterable[int]) -> list[str]:
         done = set(finished)
-        return [k for k in self.storage.list("results/parts", ".parquet") if _part_shard(k) not in done]
+        return [k for k in self.storage.list("results/parts", ".parquet") if _shard_of(k) not in done]
 
     def resume(self, plan: InputPlan, spec_hash: str, retry_failed: bool = False) -> LedgerState:
         """What a run of this plan and spec finds done here; InvalidInput if it belongs to another input."""
@@ -208,7 +221,7 @@ class Ledger:
             if marker["spec_hash"] == spec_hash and not (retry_failed and marker.get("failed", 0)):
                 state.complete[shard] = marker
         open_shards = set(plan.shard_ids) - set(state.complete)
-        keys = [k for k in self._open_parts(state.complete) if _part_shard(k) in open_shards]
+        keys = [k for k in self._open_parts(state.complete) if _shard_of(k) in open_shards]
         keys += [shard_key(s) for s in sorted(open_shards) if self.storage.exists(shard_key(s))]
         tables = []
         for key in keys:
@@ -243,15 +256,22 @@ class Ledger:
             "run_id": manifest.get("run_id"), "state": manifest.get("state"), "started_at": manifest.get("started_at"),
             "finished_at": manifest.get("finished_at"), "rows": total, **{s: counts.get(s, 0) for s in STATUSES},
             "pending": max(0, total - sum(counts.get(s, 0) for s in STATUSES)),
-            "shards_done": len(markers), "shards": totals.get("shards", 0),
+            "shards_done": len(markers), "shards": totals.get("shards", 0), "strays": len(self.strays(markers)),
         }
+
+    def strays(self, finished: Iterable[int] | None = None) -> list[str]:
+        """Parts, staged images and rung results of finished shards: writes of abandoned attempts that died
+        before removing them (see Fencing above); the next run's `tidy` removes them."""
+        done = set(self.finished_shards() if finished is None else finished)
+        return [k for prefix in ("results/parts", "staging", "rungs") for k in self.storage.list(prefix)
+                if _shard_of(k) in done]
 
     def table(self, columns: Optional[Iterable[str]] = None) -> Optional[pa.Table]:
         """Every row recorded so far, one per id: finished shards' files and the parts of open shards (a
         finished shard's parts are already merged into its file, and normally deleted); None when none."""
         finished = self.finished_shards()
         keys = [k for k in self.storage.list("results", ".parquet")
-                if "/parts/" not in k or _part_shard(k) not in finished]
+                if "/parts/" not in k or _shard_of(k) not in finished]
         return self._merged(keys, columns)
 
     def finished_rows(self) -> list[dict[str, Any]]:
@@ -315,19 +335,40 @@ class Ledger:
 
     # ---- writing -------------------------------------------------------------------------------------
 
-    def stage_key(self, shard: int, key: str, kind: str) -> str:
-        """Where a worker writes an item's image: its final place, or the staging of a packed format."""
-        if self.format.in_place:
-            return self.format.final_key(key, kind)
-        return f"{staging_prefix(shard)}/{key}.{KINDS[kind]}"
+    def stage_key(self, shard: int, lease: str, key: str, kind: str) -> str:
+        """Where the attempt `lease` stages an item's image while its shard is open, in every format."""
+        return f"{staging_prefix(shard)}/{lease}/{key}.{KINDS[kind]}"
 
-    def write_image(self, shard: int, key: str, kind: str, png: bytes) -> str:
-        """Write one image of a finished item (worker side); returns its URI."""
-        return self.storage.write_bytes(self.stage_key(shard, key, kind), png)
+    def finished(self, shard: int) -> bool:
+        """Whether the shard's marker exists: a worker then writes nothing more for it. (One GET: an object
+        store's `exists` also lists the key as a folder when it is missing.)"""
+        try:
+            self.storage.read_bytes(marker_key(shard))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def write_image(self, shard: int, lease: str, key: str, kind: str, png: bytes) -> str:
+        """Stage one image of a finished item (worker side); returns its URI, which its row records."""
+        return self.storage.write_bytes(self.stage_key(shard, lease, key, kind), png)
 
     def write_part(self, shard: int, token: str, rows: list[dict[str, Any]]) -> None:
-        """Persist one batch's finished rows for a shard (worker side)."""
-        self.storage.write_bytes(f"{parts_prefix(shard)}/{token}.parquet", to_parquet(rows))
+        """Persist one batch's finished rows for a shard (worker side; `token` starts with the batch's lease),
+        then check the shard's marker again: when the shard was finished meanwhile, remove the part and the
+        images its rows staged and raise ShardFinished. The driver writes the marker before it removes the
+        shard's parts and staging, so either it saw them, or this check sees its marker."""
+        key = f"{parts_prefix(shard)}/{token}.parquet"
+        self.storage.write_bytes(key, to_parquet(rows))
+        if self.finished(shard):
+            staged = [k for row in rows for kind in KINDS if (k := self._staged_key(shard, row, kind))]
+            self.storage.delete([key, *staged])
+            raise ShardFinished(f"shard {shard} was finished without this attempt ({token})")
+
+    def reopen(self, shards: Iterable[int]) -> None:
+        """Remove the markers of finished shards that a run computes again (`--retry-failed`): a marker
+        refuses every write for its shard (Fencing). Their shard files keep their rows until they are
+        finished again, so a driver killed meanwhile resumes from them."""
+        self.storage.delete([marker_key(s) for s in sorted(set(shards) & self.finished_shards())])
 
     def finalize_shard(self, shard: int, rows: list[dict[str, Any]], shard_ids_hash: str, spec_hash: str,
                        samples: Optional[Samples] = None) -> dict[str, Any]:
@@ -342,23 +383,47 @@ class Ledger:
         self.storage.write_bytes(marker_key(shard), json.dumps(marker).encode())
         self.storage.delete_prefix(parts_prefix(shard))
         self.storage.delete_prefix(rungs_prefix(shard))
-        if not self.format.in_place:
-            self.storage.delete_prefix(staging_prefix(shard))
+        self.storage.delete_prefix(staging_prefix(shard))
         return marker
 
     def _pack(self, shard: int, rows: list[dict[str, Any]], samples: Optional[Samples]) -> list[dict[str, Any]]:
         if samples is None and self.format.in_place:
-            return rows  # the workers wrote each image in place, and its URI into its row
+            return self._place(shard, rows)
         ok = [r for r in rows if r["status"] in WITH_IMAGES]
         source = self._staged(shard, ok) if samples is None else samples
         return self.format.write(self.storage, shard, rows, _matched(ok, source,
                                                                      self.storage.url(self.format.location(shard))))
 
+    def _staged_key(self, shard: int, row: dict[str, Any], kind: str) -> Optional[str]:
+        """Where the row's image of `kind` is staged, from the URI the row records; None when it is not."""
+        uri = row.get(f"{kind}_uri") or ""
+        at = uri.rfind(f"/{staging_prefix(shard)}/")
+        return uri[at + 1:] if at >= 0 else None
+
+    def _place(self, shard: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Move each ok row's staged images to their own keys (an in-place format); rows already there (kept
+        from an earlier finish of the shard) stay as they are."""
+        moves: dict[str, str] = {}
+        placed = []
+        for row in rows:
+            row = dict(row)
+            for kind in KINDS:
+                staged = self._staged_key(shard, row, kind) if row["status"] in WITH_IMAGES else None
+                if staged is not None:
+                    moves[staged] = self.format.final_key(row["key"], kind)
+                    row[f"{kind}_uri"] = self.storage.url(moves[staged])
+            placed.append(row)
+        self.storage.move_many(moves)
+        return placed
+
     def _staged(self, shard: int, ok: list[dict[str, Any]]) -> Samples:
-        """The staged images of the ok rows; rows kept from an earlier packing of this shard (a rerun with
-        --retry-failed) take theirs from the existing container, read once, in order, only if some row needs it."""
+        """The staged images of the ok rows (where runs before leases staged them when a row records none);
+        rows kept from an earlier packing of this shard (a rerun with --retry-failed) take theirs from the
+        existing container, read once, in order, only if some row needs it."""
+        where = {(r["key"], kind): self._staged_key(shard, r, kind) or f"{staging_prefix(shard)}/{r['key']}.{suffix}"
+                 for r in ok for kind, suffix in KINDS.items()}
         packed: Optional[Samples] = None
-        for key, images in read_loose(self.storage, ok, lambda k, kind: self.stage_key(shard, k, kind)):
+        for key, images in read_loose(self.storage, ok, lambda k, kind: where[k, kind]):
             if "image" not in images:
                 if packed is None:
                     exists = self.storage.exists(self.format.location(shard))
@@ -396,15 +461,17 @@ class Ledger:
         missing = sorted(set(wanted.values()) - set(found))
         if missing:  # a rung result is written after its images, so this is damage, not a crash
             raise DoodlError(f"{self.storage.url(missing[0])}: a kept rung result's image is missing")
-        targets = {(i, kind): self.stage_key(rows[i]["shard"], rows[i]["key"], kind) for i, kind in wanted}
+        targets = {(i, kind): self.stage_key(rows[i]["shard"], "escalation", rows[i]["key"], kind)
+                   for i, kind in wanted}
         uris = self.storage.write_many({targets[w]: found[key] for w, key in wanted.items()})
         return [{f"{kind}_uri": uris.get(targets[(i, kind)]) if (i, kind) in targets else None for kind in KINDS}
                 for i in range(len(rows))]
 
     def tidy(self) -> None:
-        """Drop what a run with every shard finished no longer needs (e.g. images staged by killed workers)."""
+        """Drop what a run with every shard finished no longer needs: strays of abandoned attempts."""
         self.storage.delete_prefix("staging")
         self.storage.delete_prefix("rungs")
+        self.storage.delete_prefix("results/parts")
 
     def clear(self) -> None:
         """Remove every result and image (`run --force`), in whichever format an earlier run wrote them."""

@@ -178,6 +178,32 @@ class Storage:
         keys = (p[len(self.root) + 1 :] for p in with_retries(find, self.retry))
         return sorted(k for k in keys if k.endswith(suffix) and not posixpath.basename(k).startswith(".tmp-"))
 
+    def delete(self, keys: list[str]) -> None:
+        """Remove these keys (missing ones ignored)."""
+        for key in keys:
+            try:
+                with_retries(lambda: self.fs.rm_file(self.path(key)), self.retry)
+            except FileNotFoundError:
+                pass
+
+    def move_many(self, moves: dict[str, str]) -> None:
+        """Move each key to its new key: a rename on disk, a server-side copy and a delete on object stores.
+        A source already gone counts as moved (a run finishing what a killed one began)."""
+        if not moves:
+            return
+        if self.local:
+            for source, target in moves.items():
+                self.fs.makedirs(posixpath.dirname(self.path(target)), exist_ok=True)
+                try:
+                    os.replace(self.path(source), self.path(target))  # within one file system: atomic
+                except FileNotFoundError:
+                    pass
+            return
+        sources = [self.path(k) for k in moves]
+        targets = [self.path(k) for k in moves.values()]
+        with_retries(lambda: self.fs.copy(sources, targets, on_error="ignore"), self.retry)
+        with_retries(lambda: self.fs.rm(sources), self.retry)
+
     def delete_prefix(self, prefix: str) -> None:
         """Remove everything under a prefix (used by --force)."""
         base = self.path(prefix)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from doodl_ray.errors import InvalidInput, NonFiniteLoss
 from doodl_ray.jobs.formats import KINDS
-from doodl_ray.jobs.ledger import Ledger
+from doodl_ray.jobs.ledger import Ledger, ShardFinished
 from doodl_ray.jobs.reader import JobItem
 from doodl_ray.jobs.rows import RowContext, base_row, now
 from doodl_ray.jobs.spec import JobSpec
@@ -174,6 +174,7 @@ class JobWorker:
         self.processor = build_processor(spec, model_options, max(1, int(spec.resources.cpus_per_actor)), self.ENGINE)
         setup = getattr(self.processor, "provenance", None)
         self.setup = {"provenance": setup or None, "provenance_hash": fingerprint(setup) if setup else None}
+        self.lease = ""  # the batch in hand's (an actor runs one batch at a time): its staging, its parts' names
 
     def ready(self) -> str:
         """Answers once the constructor (model loading) has finished: the id of the node it runs on."""
@@ -181,8 +182,11 @@ class JobWorker:
 
         return ray.get_runtime_context().get_node_id()
 
-    def process(self, batch: list[tuple[JobItem, int]]) -> list[Outcome]:
-        """Run one batch; `batch` pairs each item with its attempt number (1-based)."""
+    def process(self, batch: list[tuple[JobItem, int]], lease: str) -> list[Outcome]:
+        """Run one batch for the attempt `lease` the driver sent it with; `batch` pairs each item with its
+        attempt number (1-based). Its images are staged under the lease; for a shard already finished nothing
+        is written (the batch is an abandoned attempt's, which nobody waits for: jobs.ledger, Fencing)."""
+        self.lease = lease
         outcomes: dict[str, Outcome] = {}
         valid: list[tuple[JobItem, Any, int]] = []
         for item, attempt in batch:
@@ -194,8 +198,9 @@ class JobWorker:
         clock = time.perf_counter()
         results = self._run([prepared for _, prepared, _ in valid])
         share = (time.perf_counter() - clock) / max(1, len(valid))
+        finished = {shard for shard in {item.shard for item, _, _ in valid} if self.ledger.finished(shard)}
         for item, _, attempt in valid:
-            result = results[item.id]
+            result = results[item.id] if item.shard not in finished else ShardFinished(f"shard {item.shard}")
             if isinstance(result, BaseException):
                 outcomes[item.id] = Outcome.failure(item.id, result)
                 continue
@@ -228,9 +233,9 @@ class JobWorker:
 
     def _write_images(self, item: JobItem, result: Any,
                       write: Optional[Callable[[int, str, str, bytes], str]] = None) -> dict[str, Optional[str]]:
-        """The result's image and, when it has one, its unguided initial image (written by `write`, default where
-        the output format wants them); their URIs by row column."""
-        write = write or self.ledger.write_image
+        """The result's image and, when it has one, its unguided initial image (written by `write`, default staged
+        under the batch's lease); their URIs by row column."""
+        write = write or (lambda shard, key, kind, png: self.ledger.write_image(shard, self.lease, key, kind, png))
         images = {kind: getattr(result, kind, None) for kind in KINDS}  # ItemResult.image, .initial_image
         return {f"{kind}_uri": None if image is None else write(item.shard, item.key, kind, encode_png(image))
                 for kind, image in images.items()}
@@ -251,10 +256,10 @@ class JobWorker:
 
     def _persist(self, done: list[Outcome], shards: dict[str, int],
                  write: Optional[Callable[[int, str, list[dict[str, Any]]], None]] = None) -> None:
-        """One results part per shard (or what `write` keeps); if it cannot be written, the items are not done
-        (retried)."""
+        """One results part per shard (or what `write` keeps), named by the batch's lease; if it cannot be
+        written (or its shard was finished meanwhile), the items are not done (retried)."""
         write = write or self.ledger.write_part
-        token = uuid.uuid4().hex
+        token = f"{self.lease}-{uuid.uuid4().hex}"
         by_shard: dict[int, list[Outcome]] = {}
         for outcome in done:
             by_shard.setdefault(shards[outcome.id], []).append(outcome)
