@@ -10,6 +10,8 @@
 * Token authentication: every client of a Ray cluster the configs start (Ray containers, autoscalers, job
   submitters, the CronJob; AWS heads and workers) runs with RAY_AUTH_MODE=token and the cluster's token,
   and nothing turns authentication off.
+* A lost head: the standing cluster keeps its state in the Redis of redis.yaml (GCS fault tolerance, under
+  KubeRay's rules for it), and a RayJob retries on a fresh cluster with a driver that resumes.
 No network, no cluster: a few hundred milliseconds.
 """
 
@@ -327,6 +329,19 @@ _JOB_POD_TEMPLATE = {
     },
 }
 _RAY_START_PARAMS = {"type": "object", "additionalProperties": {"type": "string"}}  # strings only
+# ray.io/v1 GcsFaultToleranceOptions / RedisCredential (KubeRay >= 1.3).
+_REDIS_CREDENTIAL = {"type": "object", "minProperties": 1, "maxProperties": 1,
+                     "properties": {"value": {"type": "string"},
+                                    "valueFrom": {"type": "object", "properties": {"secretKeyRef": _KEY_REF},
+                                                  "additionalProperties": False}},
+                     "additionalProperties": False}
+_GCS_FAULT_TOLERANCE = {
+    "type": "object",
+    "properties": {"backend": {"enum": ["redis", "rocksdb"]}, "redisAddress": {"type": "string", "minLength": 1},
+                   "redisPassword": _REDIS_CREDENTIAL, "redisUsername": _REDIS_CREDENTIAL,
+                   "externalStorageNamespace": {"type": "string"}, "storage": {"type": "object"}},
+    "additionalProperties": False,
+}
 # ray.io/v1 RayClusterSpec / HeadGroupSpec / WorkerGroupSpec (raycluster_types.go).
 _RAY_CLUSTER_SPEC = {
     "type": "object",
@@ -351,7 +366,7 @@ _RAY_CLUSTER_SPEC = {
             "additionalProperties": False,
         },
         "headServiceAnnotations": _STR_MAP,
-        "gcsFaultToleranceOptions": {"type": "object"},
+        "gcsFaultToleranceOptions": _GCS_FAULT_TOLERANCE,
         "suspend": {"type": "boolean"},
         "managedBy": {"type": "string"},
         "headGroupSpec": {
@@ -483,7 +498,37 @@ SERVICE_ACCOUNT = {
     "properties": {"apiVersion": {"const": "v1"}, "kind": {"const": "ServiceAccount"}, "metadata": _METADATA},
     "additionalProperties": False,
 }
-SCHEMAS = {"RayCluster": RAY_CLUSTER, "RayJob": RAY_JOB, "CronJob": CRON_JOB, "ServiceAccount": SERVICE_ACCOUNT}
+_LABELS = {"type": "object", "required": ["matchLabels"], "properties": {"matchLabels": _STR_MAP},
+           "additionalProperties": False}
+PERSISTENT_VOLUME_CLAIM = _resource("v1", "PersistentVolumeClaim", {
+    "type": "object",
+    "required": ["accessModes", "resources"],
+    "properties": {"accessModes": {"type": "array", "items": {"enum": ["ReadWriteOnce", "ReadOnlyMany",
+                                                                       "ReadWriteMany", "ReadWriteOncePod"]}},
+                   "resources": _RESOURCES, "storageClassName": {"type": "string"}},
+    "additionalProperties": False,
+})
+DEPLOYMENT = _resource("apps/v1", "Deployment", {
+    "type": "object",
+    "required": ["selector", "template"],
+    "properties": {"replicas": {"type": "integer", "minimum": 0}, "selector": _LABELS, "template": _POD_TEMPLATE,
+                   "strategy": {"type": "object", "properties": {"type": {"enum": ["Recreate", "RollingUpdate"]}},
+                                "additionalProperties": False}},
+    "additionalProperties": False,
+})
+SERVICE = _resource("v1", "Service", {
+    "type": "object",
+    "required": ["ports"],
+    "properties": {"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}, "selector": _STR_MAP,
+                   "ports": {"type": "array", "minItems": 1, "items": {
+                       "type": "object", "required": ["port"],
+                       "properties": {"name": {"type": "string"}, "port": {"type": "integer"},
+                                      "targetPort": {"type": ["integer", "string"]}, "protocol": {"type": "string"}},
+                       "additionalProperties": False}}},
+    "additionalProperties": False,
+})
+SCHEMAS = {"RayCluster": RAY_CLUSTER, "RayJob": RAY_JOB, "CronJob": CRON_JOB, "ServiceAccount": SERVICE_ACCOUNT,
+           "PersistentVolumeClaim": PERSISTENT_VOLUME_CLAIM, "Deployment": DEPLOYMENT, "Service": SERVICE}
 # KubeRay's own limit on RayJob names (MaxRayJobNameLength), which must also be DNS-1035 labels.
 RAY_JOB["properties"]["metadata"] = {
     **_METADATA,
@@ -492,6 +537,7 @@ RAY_JOB["properties"]["metadata"] = {
 }
 MANIFESTS = {
     "common.yaml": ["ServiceAccount"],
+    "redis.yaml": ["PersistentVolumeClaim", "Deployment", "Service"],
     "raycluster.yaml": ["RayCluster"],
     "rayjob.yaml": ["RayJob"],
     "rayjob-selector.yaml": ["RayJob"],
@@ -635,6 +681,98 @@ def test_rayjob_selector_rule_breaks_are_caught(change, problem):
     assert any(problem in p for p in kuberay_rayjob_problems(spec))
 
 
+# --------------------------------------------------------------------------- a lost head
+
+FT_ANNOTATION, STORAGE_NAMESPACE_ANNOTATION = "ray.io/ft-enabled", "ray.io/external-storage-namespace"
+
+
+def kuberay_gcs_ft_problems(spec: dict, annotations: dict) -> list[str]:
+    """What KubeRay's operator refuses in a RayClusterSpec's GCS fault tolerance settings that a structural
+    schema accepts: the rules of its ValidateRayClusterSpec (ray-operator/controllers/ray/utils/validation.go),
+    with KubeRay's own messages."""
+    problems = []
+    options = spec.get("gcsFaultToleranceOptions")
+    head = spec["headGroupSpec"]
+    env = {e["name"] for e in head["template"]["spec"]["containers"][0].get("env", [])}
+    enabled = options is not None or annotations.get(FT_ANNOTATION) == "true"
+    if annotations.get(FT_ANNOTATION) and options is not None:
+        problems.append(f"{FT_ANNOTATION} annotation and GcsFaultToleranceOptions are both set")
+    if not enabled and "RAY_REDIS_ADDRESS" in env:
+        problems.append("RAY_REDIS_ADDRESS is set which implicitly enables GCS fault tolerance, "
+                        "but GcsFaultToleranceOptions is not set")
+    if options is not None:
+        if head["rayStartParams"].get("redis-password"):
+            problems.append("cannot set `redis-password` in rayStartParams when GcsFaultToleranceOptions is enabled")
+        if "REDIS_PASSWORD" in env:
+            problems.append("cannot set `REDIS_PASSWORD` env var in head Pod when GcsFaultToleranceOptions is enabled")
+        if "RAY_REDIS_ADDRESS" in env:
+            problems.append("cannot set `RAY_REDIS_ADDRESS` env var in head Pod when GcsFaultToleranceOptions is "
+                            "enabled")
+        if annotations.get(STORAGE_NAMESPACE_ANNOTATION):
+            problems.append(f"cannot set `{STORAGE_NAMESPACE_ANNOTATION}` annotation when GcsFaultToleranceOptions "
+                            "is enabled")
+    if head["rayStartParams"].get("redis-username") or "REDIS_USERNAME" in env:
+        problems.append("cannot set redis username in rayStartParams or environment variables")
+    return problems
+
+
+def test_ray_clusters_pass_kuberays_gcs_fault_tolerance_rules():
+    for doc in (_one("raycluster.yaml", "RayCluster"), _one("rayjob.yaml", "RayJob")):
+        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+        assert kuberay_gcs_ft_problems(spec, doc["metadata"].get("annotations", {})) == []
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda spec, notes: notes.update({FT_ANNOTATION: "true"}), "annotation and GcsFaultToleranceOptions are both set"),
+    (lambda spec, notes: spec["headGroupSpec"]["rayStartParams"].update({"redis-password": "x"}),
+     "cannot set `redis-password` in rayStartParams"),
+    (lambda spec, notes: spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "RAY_REDIS_ADDRESS", "value": "redis:6379"}), "cannot set `RAY_REDIS_ADDRESS` env var"),
+    (lambda spec, notes: notes.update({STORAGE_NAMESPACE_ANNOTATION: "x"}), "external-storage-namespace"),
+    (lambda spec, notes: spec.pop("gcsFaultToleranceOptions") and spec["headGroupSpec"]["template"]["spec"][
+        "containers"][0]["env"].append({"name": "RAY_REDIS_ADDRESS", "value": "redis:6379"}),
+     "implicitly enables GCS fault tolerance"),
+])
+def test_gcs_fault_tolerance_rule_breaks_are_caught(change, problem):
+    doc = copy.deepcopy(_one("raycluster.yaml", "RayCluster"))
+    notes = dict(doc["metadata"].get("annotations", {}))
+    change(doc["spec"], notes)
+    jsonschema.validate(doc, RAY_CLUSTER)  # the schema cannot tell
+    assert any(problem in p for p in kuberay_gcs_ft_problems(doc["spec"], notes))
+
+
+def test_standing_cluster_keeps_its_state_in_the_redis_of_redis_yaml():
+    """A head Pod that dies is replaced without losing the cluster: its state is in redis.yaml's Redis, which
+    keeps it on a volume, at the address and with the password the RayCluster names."""
+    options = _one("raycluster.yaml", "RayCluster")["spec"]["gcsFaultToleranceOptions"]
+    service, deployment = _one("redis.yaml", "Service"), _one("redis.yaml", "Deployment")
+    host, port = options["redisAddress"].removeprefix("redis://").split(":")
+    assert host == service["metadata"]["name"] and int(port) in {p["port"] for p in service["spec"]["ports"]}
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    pod = deployment["spec"]["template"]["spec"]
+    redis = pod["containers"][0]
+    secret = next(e["valueFrom"]["secretKeyRef"] for e in redis["env"] if e["name"] == "REDIS_PASSWORD")
+    assert options["redisPassword"]["valueFrom"]["secretKeyRef"] == secret
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command and '--requirepass "$REDIS_PASSWORD"' in command
+    data_dir = command.split("--dir ")[1].split()[0]
+    mount = next(m for m in redis["volumeMounts"] if m["mountPath"] == data_dir)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    claim = _one("redis.yaml", "PersistentVolumeClaim")["metadata"]["name"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    how_to_make_it = "kubectl create secret generic doodl-ray-redis --from-literal=password="
+    assert how_to_make_it in (KUBERAY / "redis.yaml").read_text()
+
+
+def test_a_rayjob_retry_resumes_on_a_fresh_cluster():
+    """A RayJob whose head (or whose GPUs) is lost fails with the driver's exit 75; KubeRay retries it on a new
+    cluster, and the same `doodl-ray run` resumes from the ledger (no --force)."""
+    spec = _one("rayjob.yaml", "RayJob")["spec"]
+    assert spec["backoffLimit"] >= 1 and "rayClusterSpec" in spec
+    assert spec["entrypoint"].startswith("doodl-ray run ") and "--force" not in spec["entrypoint"]
+
+
 # --------------------------------------------------------------------------- token authentication
 
 AUTH_SECRET = {"name": "doodl-ray-auth", "key": "auth_token"}
@@ -706,7 +844,7 @@ def test_cronjob_submits_yesterday_to_the_standing_cluster():
 
 def test_manifests_share_image_and_service_account():
     images, accounts = set(), set()
-    for name in MANIFESTS:
+    for name in set(MANIFESTS) - {"redis.yaml"}:  # every Ray container, not Redis's
         for doc in _docs(name):
             for path, value in _leaf_paths(doc):
                 if path[-1:] == ("image",):
