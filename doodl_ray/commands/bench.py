@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 # Each name is a module doodl_ray.benchmarks.<name> with `add_arguments(parser)` and `run(args) -> int`.
-BENCHMARKS = ["frontier", "grad", "jobs", "ladder", "sd"]
+BENCHMARKS = ["faults", "frontier", "grad", "jobs", "ladder", "sd"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
