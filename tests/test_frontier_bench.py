@@ -13,7 +13,7 @@ def test_frontier_reports_every_method_at_every_budget(tmp_path):
                    capture_output=True, timeout=300)
     toy = [sys.executable, "-m", "doodl_ray.cli", "bench", "frontier", "--assets", str(assets), "--settings", "rare",
            "--rare-seeds", "2", "--steps", "2", "--budgets", "1", "8", "--raw-scales", "1", "--normalized-scales",
-           "--crops", "2", "--search-starts", "1", "--chains", "2", "--cache", str(tmp_path / "cache"), "--json"]
+           "--crops", "2", "--search-starts", "1", "--chains", "2", "--workers", "2", "--cache", str(tmp_path / "cache"), "--json"]
     proc = subprocess.run(toy + ["--plot", str(tmp_path / "plot.png"), "--sheet", str(tmp_path / "sheet.png"),
                                  "--sheet-budget", "8"], capture_output=True, text=True, timeout=600, check=True)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
