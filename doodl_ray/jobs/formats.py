@@ -17,7 +17,6 @@ container that lands under its final name whole (Storage.open_atomic)."""
 from __future__ import annotations
 
 import abc
-import importlib
 import io
 import itertools
 import json
@@ -27,9 +26,9 @@ from typing import IO, Any, Callable, ClassVar, Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from doodl_ray.errors import InvalidInput
 from doodl_ray.jobs.rows import RESULT_SCHEMA, WITH_IMAGES, json_row
 from doodl_ray.jobs.storage import Storage
+from doodl_ray.plugins import registered
 
 KINDS = {"image": "png", "initial_image": "initial.png"}
 """Image kinds -> file suffix; a row records kind K at column `K_uri` (null when it has none)."""
@@ -101,16 +100,7 @@ def register_format(cls: type[OutputFormat]) -> type[OutputFormat]:
 def output_format(name: str) -> OutputFormat:
     """The format a spec or manifest names: a registered name, or `package.module:name` (the module is imported,
     and registers it); InvalidInput for any other."""
-    module, _, short = name.rpartition(":")
-    if short not in FORMATS and module:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise InvalidInput(f"output format {name}: cannot import {module} ({exc})") from None
-    if short not in FORMATS:
-        raise InvalidInput(f"unknown output format {name!r}; one of: {', '.join(sorted(FORMATS))}, "
-                           "or package.module:name of a format that module registers")
-    return FORMATS[short]
+    return registered(name, FORMATS, "output format")
 
 
 @register_format

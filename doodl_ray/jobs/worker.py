@@ -11,7 +11,6 @@ record each result's provenance: its own (noise hash, compute counts) and, from 
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import socket
@@ -31,6 +30,7 @@ from doodl_ray.jobs.rows import RowContext, base_row, now
 from doodl_ray.jobs.spec import JobSpec
 from doodl_ray.jobs.storage import Storage
 from doodl_ray.provenance import fingerprint
+from doodl_ray.plugins import load_attribute
 
 PERMANENT_ERRORS = (InvalidInput, NonFiniteLoss)
 """Errors that will recur on any worker: recorded at once, never retried."""
@@ -127,8 +127,7 @@ def build_processor(spec: JobSpec, storage_options: dict[str, Any], threads: int
         torch.set_num_threads(threads)  # oversubscribed CPU threads slow torch 10-100x
     if name == "engine":
         return engine(spec, device, storage_options)
-    module, _, attr = name.partition(":")
-    return getattr(importlib.import_module(module), attr)(spec, device, storage_options, **options)
+    return load_attribute(name)(spec, device, storage_options, **options)
 
 
 @dataclass

@@ -9,7 +9,6 @@ method of another package as `package.module:name`, which that module registers 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -17,6 +16,7 @@ from pydantic import ConfigDict, Field, model_serializer, model_validator
 
 from doodl_ray.config import PriorConfig, SamplerConfig, StopConfig, StrictModel
 from doodl_ray.errors import InvalidInput
+from doodl_ray.plugins import load_attribute, registered
 
 if TYPE_CHECKING:
     from doodl_ray.methods.base import MethodResult, Problem
@@ -50,8 +50,7 @@ class MethodPlugin:
     def run(self, problem: "Problem", config: "MethodConfig") -> "MethodResult":
         function = self.function
         if isinstance(function, str):
-            module, _, attribute = function.partition(":")
-            function = getattr(importlib.import_module(module), attribute)
+            function = load_attribute(function)
         return function(problem, config)
 
 
@@ -72,16 +71,7 @@ def register_method(plugin: MethodPlugin) -> MethodPlugin:
 
 def method_plugin(name: str) -> MethodPlugin:
     """The registered method `name`; `package.module:name` imports that module first. Unknown: one line."""
-    module, _, short = name.rpartition(":")
-    if name not in METHODS and module:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise InvalidInput(f"method {name!r}: cannot import {module!r} ({exc})") from None
-    plugin = METHODS.get(name) or (METHODS.get(short) if module else None)
-    if plugin is None:
-        raise InvalidInput(f"unknown method {name!r}; one of: {', '.join(sorted(METHODS))}, or package.module:name")
-    return plugin
+    return registered(name, METHODS, "method")
 
 
 class MethodConfig(StrictModel):

@@ -6,9 +6,10 @@ Torch-free: checking a spec needs no torch."""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from doodl_ray.plugins import load_attribute
 
 Config = dict[str, Any]
 Geometry = tuple[tuple[int, int, int], int, int]  # (C, H, W) at the native size, latent scale, size multiple
@@ -26,8 +27,7 @@ class Family:
     vae: bool = True  # a latent family: its images come out of vae/
 
     def adapter_class(self) -> Any:
-        module, _, name = self.adapter.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return load_attribute(self.adapter)
 
 
 FAMILIES: dict[str, Family] = {}
