@@ -155,6 +155,14 @@ def particle_result(image: Tensor, z: Tensor, score: Tensor, best: Tensor, histo
     return MethodResult(image[chosen.to(image.device)], z[chosen.to(z.device)], history, best.tolist())
 
 
+def rendered_again(result: MethodResult, image: Tensor) -> MethodResult:
+    """`result` with `image` (its chosen noise rendered at `sampler.steps`) in place of the shorter render the
+    method optimized through, whose loss stays as the `short_render/loss` score."""
+    result.scores["short_render/loss"] = [h[j] for h, j in zip(result.history, result.best_iteration)]
+    result.image = image
+    return result
+
+
 def images01(decoded: Tensor) -> Tensor:
     """Decoder output in [-1, 1] -> image in [0, 1]."""
     return ((decoded + 1) / 2).clamp(0, 1)

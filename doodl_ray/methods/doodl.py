@@ -27,6 +27,7 @@ from doodl_ray.methods.base import (
     images01,
     rank_value,
     ranks_by_prior,
+    rendered_again,
     unit_rms,
 )
 from doodl_ray.methods.best_of_n import Best, empty_best
@@ -162,10 +163,7 @@ def doodl(problem: Problem, config: MethodConfig) -> MethodResult:
     final_render = (1 if config.doodl.sampler == "chain" else 2) * problem.sample_cost() if short else 0
     budgets = None if config.budget is None else {r: config.budget - final_render for r in rows}
     result = optimize(problem, config, rows, problem.noise, budgets=budgets).best.result()
-    if short:  # the chosen noise rendered at sampler.steps; what the short render reached is kept beside it
-        result.scores["short_render/loss"] = [h[j] for h, j in zip(result.history, result.best_iteration)]
-        result.image = render(problem, config, result.noise)
-    return result
+    return rendered_again(result, render(problem, config, result.noise)) if short else result
 
 
 def _norms(z: Tensor) -> Tensor:

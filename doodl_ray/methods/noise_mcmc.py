@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, rank_value
+from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, rank_value, rendered_again
 from doodl_ray.methods.best_of_n import empty_best
 from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.specs.noise_mcmc import NoiseMcmcConfig, evaluation_cost
@@ -87,10 +87,9 @@ def _chains(problem: Problem, config: MethodConfig, mc: NoiseMcmcConfig, gradien
     result.scores["mcmc/acceptance"] = [float(accepted[i * chains:(i + 1) * chains].mean()) / max(rounds, 1)
                                         for i in range(n)]
     if mc.render_steps is not None:  # the chosen noise at the result's own number of steps
-        result.scores["short_render/loss"] = [h_[j] for h_, j in zip(result.history, result.best_iteration)]
         batch = problem.view()
         with torch.no_grad():
-            result.image = images01(batch.decode(chain_sample(result.noise, problem.schedule, batch.eps)))
+            result = rendered_again(result, images01(batch.decode(chain_sample(result.noise, problem.schedule, batch.eps))))
     return result
 
 
