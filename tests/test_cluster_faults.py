@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from doodl_ray.benchmarks.local_cluster import LocalCluster
@@ -26,6 +27,9 @@ from doodl_ray.jobs.storage import Storage
 from tests.faulty_processor import stamp_matches
 from tests.ray_cluster import ROOT, local_cluster, ray_cluster  # noqa: F401
 from tests.s3_server import s3_endpoint  # noqa: F401
+
+# Several `ray start` nodes and timed recoveries: these run after the parallel tests, with the machine to themselves.
+pytestmark = pytest.mark.alone
 
 FORMATS = {"files": {"gpus_per_actor": 1, "cpus_per_actor": 0.05},
            "webdataset": {"gpus_per_actor": 0, "cpus_per_actor": 0.9}}
