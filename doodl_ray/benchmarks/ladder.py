@@ -32,7 +32,7 @@ LADDER_SPEC = Path(__file__).resolve().parents[2] / "jobs" / "digits-ladder.yaml
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     frontier.add_arguments(parser)  # settings, items, steps, crops, the single methods and their budgets, --cache
-    parser.set_defaults(methods=["particles", "one-step"], budgets=[2, 10, 50.67, 152], cap=["one-step=2"], seeds=1,
+    parser.set_defaults(methods=["particles", "one-step", "das"], budgets=[2, 10, 50.67, 152], cap=["one-step=2"], seeds=1,
                         rare_seeds=3, workers=2, plot=None)
     parser.add_argument("--ladder", type=Path, default=LADDER_SPEC,
                         help="a job spec whose `method` block is the ladder (and `budget`, if any); its model, "
