@@ -25,9 +25,7 @@ def ray_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
     """A head and two worker nodes for one test module; tests may kill, freeze and add workers."""
     cluster = local_cluster(tmp_path_factory.mktemp("cluster"))
     try:
-        cluster.start_head()
-        for node in (cluster.add_worker(wait=False), cluster.add_worker(wait=False)):
-            cluster.wait_up(node)
+        cluster.start(workers=2)
         yield cluster
     finally:
         cluster.close()

@@ -62,10 +62,11 @@ class Job:
         return self.log.read_text()
 
 
-def start_jobs(cluster: LocalCluster, where: Path, s3, count: int, seconds: float, actors: int,
+def start_jobs(cluster: LocalCluster, where: Path, s3, count: int, seconds: float, actors: int, progress: int,
                **spec: dict) -> dict[str, Job]:
     """A files job and a webdataset job of `count` stamped items each, `seconds` per item; both start
-    computing once every actor of both is ready (their drivers start actors at different speeds)."""
+    computing once every actor of both is ready (their drivers start actors at different speeds), and are
+    returned once each has stamped `progress` items."""
     ids = [f"i{k:03d}" for k in range(count)]
     hold = where / "hold"
     hold.touch()
@@ -91,6 +92,7 @@ def start_jobs(cluster: LocalCluster, where: Path, s3, count: int, seconds: floa
                         run_driver(cluster, folder))
     wait_for("ready actors", lambda: all(f"actors={actors}/{actors}" in job.output() for job in jobs.values()))
     hold.unlink()
+    wait_for("progress", lambda: all(len(j.traced()) >= progress for j in jobs.values()))
     return jobs
 
 
@@ -136,8 +138,7 @@ def test_node_killed_then_replaced(ray_cluster, s3_endpoint, tmp_path: Path):
     """(a) A worker node SIGKILLed mid-run, a replacement joining later: each job goes on with one actor,
     restores the other on the new node, and ends with one row per id, every image its item's own. (The items
     are held while the replacement starts, however long that takes here, so it always gets work.)"""
-    jobs = start_jobs(ray_cluster, tmp_path, s3_endpoint, count=60, seconds=0.25, actors=2)
-    wait_for("progress", lambda: all(len(j.traced()) >= 6 for j in jobs.values()))
+    jobs = start_jobs(ray_cluster, tmp_path, s3_endpoint, count=60, seconds=0.25, actors=2, progress=6)
     ray_cluster.workers[0].kill()
     replacement = ray_cluster.add_worker(wait=False)
     done = {fmt: len(job.traced()) for fmt, job in jobs.items()}
@@ -156,8 +157,7 @@ def test_node_killed_then_replaced(ray_cluster, s3_endpoint, tmp_path: Path):
 def test_node_lost_without_replacement(ray_cluster, s3_endpoint, tmp_path: Path):
     """(c) A worker node lost and none coming back: each job finishes on its remaining actor, reporting the
     reduced capacity, while the lost one waits for room to start again."""
-    jobs = start_jobs(ray_cluster, tmp_path, s3_endpoint, count=40, seconds=0.2, actors=2)
-    wait_for("progress", lambda: all(len(j.traced()) >= 6 for j in jobs.values()))
+    jobs = start_jobs(ray_cluster, tmp_path, s3_endpoint, count=40, seconds=0.2, actors=2, progress=6)
     victim = next(w for w in ray_cluster.workers if w.alive)
     victim.kill()
     for job in jobs.values():
@@ -172,11 +172,8 @@ def test_node_frozen_then_resumed(ray_cluster, s3_endpoint, tmp_path: Path):
     resumed after both runs finished: the abandoned actors finish the items they held and try to write them
     (their traces say so), but no results part or image of theirs lands in a finished shard, and nothing
     stray is left."""
-    for node in ray_cluster.workers:
-        if node.alive:
-            ray_cluster.wait_up(node)
-    jobs = start_jobs(ray_cluster, tmp_path, s3_endpoint, count=60, seconds=0.3, actors=2)
-    wait_for("progress", lambda: all(len(j.traced()) >= 8 for j in jobs.values()))
+    ray_cluster.wait_workers_up()
+    jobs = start_jobs(ray_cluster, tmp_path, s3_endpoint, count=60, seconds=0.3, actors=2, progress=8)
     victim = next(w for w in ray_cluster.workers if w.alive)
     victim.freeze()
     for job in jobs.values():
@@ -196,12 +193,9 @@ def test_node_frozen_then_resumed(ray_cluster, s3_endpoint, tmp_path: Path):
 def test_head_killed_then_rerun(ray_cluster, s3_endpoint, tmp_path: Path):
     """(d) The head SIGKILLed mid-run: each driver ends with one line of ours and exit status 75, its
     manifest says head_lost; a rerun on a fresh cluster finishes with one row per id."""
-    for node in ray_cluster.workers:
-        if node.alive:
-            ray_cluster.wait_up(node)
-    jobs = start_jobs(ray_cluster, tmp_path, s3_endpoint, count=60, seconds=0.3, actors=1,
+    ray_cluster.wait_workers_up()
+    jobs = start_jobs(ray_cluster, tmp_path, s3_endpoint, count=60, seconds=0.3, actors=1, progress=8,
                       timeouts={"head_seconds": 3.0})
-    wait_for("progress", lambda: all(len(j.traced()) >= 8 for j in jobs.values()))
     ray_cluster.head.kill()
     lost = time.monotonic()
     line = re.compile(r"^doodl-ray run: error: lost the Ray cluster's head at 127\.0\.0\.\d+:\d+ \(no answer for "
@@ -216,8 +210,7 @@ def test_head_killed_then_rerun(ray_cluster, s3_endpoint, tmp_path: Path):
 
     fresh = local_cluster(tmp_path / "fresh")
     try:
-        fresh.start_head()
-        fresh.add_worker()
+        fresh.start(workers=1)
         for job in jobs.values():
             job.process = run_driver(fresh, job.log.parent)
         for job in jobs.values():

@@ -86,9 +86,7 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(tmp)
         cluster = LocalCluster(folder / "cluster", token)
         try:
-            cluster.start_head()
-            for node in (cluster.add_worker(wait=False), cluster.add_worker(wait=False)):
-                cluster.wait_up(node)
+            cluster.start(workers=2)
             ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
             pq.write_table(pa.table({"id": [f"i{k:05d}" for k in range(args.items)]}), folder / "in.parquet")
             spec = parse_spec({

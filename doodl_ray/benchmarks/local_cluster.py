@@ -163,6 +163,18 @@ class LocalCluster:
         self.wait_up(self.head)
         return self.head
 
+    def start(self, workers: int) -> None:
+        """The head, then `workers` worker nodes started together (each `ray start` takes seconds), all up."""
+        self.start_head()
+        for node in [self.add_worker(wait=False) for _ in range(workers)]:
+            self.wait_up(node)
+
+    def wait_workers_up(self) -> None:
+        """Until every worker node still running (not killed, not frozen by a test) is reported alive."""
+        for node in self.workers:
+            if node.alive:
+                self.wait_up(node)
+
     def add_worker(self, wait: bool = True) -> Node:
         """A worker node with one CPU and one logical GPU (room for one actor of a default job)."""
         args = [f"--address={self.address}", "--num-cpus=1", "--num-gpus=1"]
