@@ -22,7 +22,7 @@ def test_frontier_reports_every_method_at_every_budget(tmp_path):
     methods = rare["methods"]
     assert set(methods) == {"none", "best-of-n", "one-step norm s=0.3", "particles", "doodl", "doodl + prior 20",
                             "search-refine", "one-step raw s=1 (sweep)", "doodl-chain + prior 20", "das a=0.1",
-                            "lookahead 3 a=0.1", "noise-langevin a=0.1 h=0.05", "noise-mcmc a=0.1"}
+                            "lookahead 3 until 0.3 a=0.1", "noise-langevin a=0.1 h=0.05", "noise-mcmc a=0.1"}
     budgets = {label: [p["budget"] for p in m["points"]] for label, m in methods.items()}
     assert budgets["none"] == [2] and budgets["doodl"] == [16] and budgets["best-of-n"] == [2, 16]
     assert budgets["das a=0.1"] == budgets["noise-langevin a=0.1 h=0.05"] == [16]  # too little for one image at 2
