@@ -151,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--das-kl", type=float, default=0.1, help="DAS's and lookahead's alpha")
     parser.add_argument("--lookahead-steps", type=int, default=3, help="levels of lookahead's render")
     parser.add_argument("--lookahead-until", type=float, default=0.3,
-                        help="lookahead renders ahead in this first fraction of the steps (0.3: best on held-out seeds 50-)")
+                        help="lookahead renders ahead in this first fraction of the steps (0.3: chosen on held-out seeds 50-57 at 1520 evaluations)")
     parser.add_argument("--chain-kl", type=float, default=0.1, help="noise-langevin's and noise-mcmc's alpha")
     parser.add_argument("--chains", type=int, default=4, help="noise-langevin's and noise-mcmc's chains per item")
     parser.add_argument("--langevin-step", type=float, default=0.05,
