@@ -65,7 +65,11 @@ class Engine:
         self, model: str | Diffusion, guidance: Guidance | Any | None = None, method: MethodConfig = MethodConfig(),
         device: torch.device | str | None = None, dtype: torch.dtype | None = None,
         storage_options: dict[str, Any] | None = None, evaluation: Guidance | Any | None = None,
+        micro_batch: int | None = None,
     ):
+        if micro_batch is not None and micro_batch < 1:
+            raise InvalidInput(f"micro_batch must be at least 1 (got {micro_batch})")
+        self.micro_batch = micro_batch  # most rows per network call in the particle methods (None: all at once)
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.coupling_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
@@ -160,7 +164,7 @@ class Engine:
             return self._noise([torch.Generator().manual_seed(int(s)) for s in candidate_seeds])
 
         return Problem(noise, seeds, self.schedule, generators, compute, passes, make_batch,
-                       draw, lambda steps: self.diffusion.schedule(steps, self.latent_shape), self.stop)
+                       draw, lambda steps: self.diffusion.schedule(steps, self.latent_shape), self.stop, self.micro_batch)
 
     def _condition(self, items: Sequence[Item]):
         prompts = [item.prompt for item in items] if self.diffusion.needs_prompt else None

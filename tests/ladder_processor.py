@@ -33,15 +33,15 @@ class ScriptedLadder(NoopProcessor):
 
 
 class LoggedLadder(LadderProcessor):
-    """The real ladder processor, which appends a line to the file `log` when it starts (its actor's pid) and one
-    per result it makes (id, rung, the sha256 of its PNG, whether it was accepted, the pid), and first sleeps
-    `pause` seconds per item on rung `slow`."""
+    """The real ladder processor, which appends a line to the file `log` when it starts (its actor's pid and each
+    rung engine's micro-batch) and one per result it makes (id, rung, the sha256 of its PNG, whether it was
+    accepted, the pid), and first sleeps `pause` seconds per item on rung `slow`."""
 
     def __init__(self, spec, device, storage_options, log, slow=None, pause=0.0):
         super().__init__(spec, device, storage_options)
         self.log, self.slow, self.pause = log, slow, pause
         with open(self.log, "a") as f:
-            f.write(json.dumps({"pid": os.getpid()}) + "\n")
+            f.write(json.dumps({"pid": os.getpid(), "micro_batch": [e.micro_batch for e in self.engines]}) + "\n")
 
     def run(self, items):
         if items and items[0].rung == self.slow:

@@ -42,6 +42,8 @@ def test_generate_text_model_one_step(tiny_sd, tiny_classifier, tmp_path):
     (["--model", "{pixel}", "--guidance", "classifier", "--classifier", "{tmp}/nope.pt", "--target", "1"],
      "classifier file not found"),
     (["--model", "{pixel}", "--method", "doodl"], "needs guidance"),
+    (["--model", "{pixel}", "--guidance", "classifier", "--classifier", "{cls}", "--target", "1", "--method", "das",
+      "--micro-batch", "0"], "micro_batch must be at least 1"),
 ])
 def test_errors_are_one_line(tiny_pixel, tiny_classifier, tmp_path, args, message):
     args = [a.format(pixel=tiny_pixel, cls=tiny_classifier, tmp=tmp_path) for a in args]

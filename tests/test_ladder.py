@@ -146,7 +146,7 @@ def test_ladder_survives_driver_kills(ray_session, tmp_path: Path):  # noqa: F81
         "output": {"uri": str(tmp_path / "out"), "shard_size": 4},
         "processor": {"name": "tests.ladder_processor:LoggedLadder",
                       "options": {"log": str(log), "slow": 2, "pause": 2.0}},
-        "resources": {"actors": 1, "gpus_per_actor": 1, "batch_size": 2},
+        "resources": {"actors": 1, "gpus_per_actor": 1, "batch_size": 2, "micro_batch": 3},
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(data))
     spec = parse_spec(data)
@@ -177,6 +177,7 @@ def test_ladder_survives_driver_kills(ray_session, tmp_path: Path):  # noqa: F81
         if "id" in line:
             made.setdefault((line["id"], line["rung"]), set()).add(line["sha256"])
     assert all(len(shas) == 1 for shas in made.values())  # a rung rerun after a kill made the same image
+    assert all(line["micro_batch"] == [3, 3] for line in _log(log) if "micro_batch" in line)  # every rung's engine
     for persisted, seen in kills:  # no rung finished before a kill ran again after it
         again = {(line["id"], line["rung"]) for line in _log(log)[seen:] if "id" in line}
         assert not persisted & again

@@ -158,6 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="noise-langevin's h (noise-mcmc keeps its default; Langevin moves need a smaller one)")
     parser.add_argument("--chain-render-steps", type=int, default=10, help="steps the noise chains render through")
     parser.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
+    parser.add_argument("--micro-batch", type=int, help="most particles per network call (bounds each worker's "
+                        "memory at large budgets; same results)")
     parser.add_argument("--plot", type=Path, help="PNG: rate vs budget, a line per method, a panel per setting")
     parser.add_argument("--sheet", type=Path, help="contact sheets SHEET-SETTING.png at --sheet-budget: a row per "
                         "method, a column per target (its first seed)")
@@ -299,7 +301,7 @@ def _task(task: tuple) -> dict[str, Any]:
     judge = load_torchscript_classifier(str(args.assets / "judge.pt"))
     sampler = {"steps": args.steps} | variant.config.get("sampler", {})  # a method may run at its own steps
     method = MethodConfig.model_validate({**variant.config, "budget": int(budget * args.steps), "sampler": sampler})
-    engine = Engine(str(args.assets / setting), guide, method)
+    engine = Engine(str(args.assets / setting), guide, method, micro_batch=args.micro_batch)
     start = time.perf_counter()
     results = engine.run([engine.validate(item) for item in items])
     seconds = (time.perf_counter() - start) / len(items)

@@ -97,7 +97,8 @@ def ladder_spec(args: argparse.Namespace, setting: str, spec: dict[str, Any], ou
         "guidance": {"type": "classifier", "model": str(args.assets / "guide.pt"), "crops": {"count": args.crops}},
         "input": {"uri": str(out / "in.parquet"), "columns": {"id": "id", "target": "target", "seed": "seed"}},
         "output": {"uri": str(out / "run"), "shard_size": 1000},
-        "resources": {"actors": args.workers, "gpus_per_actor": 0, "cpus_per_actor": 1, "batch_size": 5},
+        "resources": {"actors": args.workers, "gpus_per_actor": 0, "cpus_per_actor": 1, "batch_size": 5,
+                      "micro_batch": args.micro_batch},
     }
 
 

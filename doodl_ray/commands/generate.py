@@ -55,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search-starts", type=int, default=SearchConfig().starts,
                    help="search-refine: DOODL restarts from the next-best candidates")
     p.add_argument("--particles", type=int, help="particles: particles per item (default: from the budget)")
+    p.add_argument("--micro-batch", type=int, help="most particles per network call (particles, das, lookahead, "
+                   "search-refine): bounds memory at large budgets, same results (default: all at once)")
     p.add_argument("--steps", type=int, default=SamplerConfig().steps)
     p.add_argument("--cfg-scale", type=float, default=SamplerConfig().cfg_scale)
     p.add_argument("--mix", type=float, default=SamplerConfig().mix, help="EDICT mixing weight p")
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     engine = Engine(args.model, guidance, method, device=args.device, dtype=getattr(torch, args.dtype or "", None),
-                    evaluation=evaluation)
+                    evaluation=evaluation, micro_batch=args.micro_batch)
     item = engine.validate(Item(id=args.out.stem, seed=args.seed, prompt=args.prompt, target=args.target,
                                 class_label=args.class_label))
     (result,) = engine.run([item])

@@ -108,7 +108,8 @@ class LadderProcessor(EngineProcessor):
         super().__init__(spec, device, storage_options)
         first = self.engine
         self.engines = [first] + [Engine(first.diffusion, first.guidance, rung, device=first.device, dtype=first.dtype,
-                                         evaluation=first.evaluation) for rung in spec.rungs[1:]]
+                                         evaluation=first.evaluation, micro_batch=first.micro_batch)
+                                  for rung in spec.rungs[1:]]
         self.acceptance = Acceptance(spec.method.acceptance, first, storage_options)
 
     def validate(self, item: "RungItem") -> Prepared:  # type: ignore[override]

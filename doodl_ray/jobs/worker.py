@@ -88,7 +88,8 @@ class EngineProcessor:
 
         dtype = getattr(torch, spec.dtype) if spec.dtype else None
         self.engine = Engine(spec.model, spec.guidance, spec.rungs[0], device=device, dtype=dtype,
-                             storage_options=storage_options, evaluation=spec.evaluation)
+                             storage_options=storage_options, evaluation=spec.evaluation,
+                             micro_batch=spec.resources.micro_batch)
         self.provenance = describe(spec, self.engine.device, self.engine.dtype, storage_options)
 
     def _item(self, item: JobItem) -> Any:

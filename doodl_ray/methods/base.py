@@ -107,15 +107,23 @@ class Problem:
     draw: Callable[[Sequence[int]], Tensor]
     schedule_at: Callable[[int], Schedule]  # the model's schedule at another number of steps
     stop: Callable[[Tensor, Tensor | None], Tensor] | None = None  # (score, prior) -> [n] bool: item is done
+    micro_batch: int | None = None  # most rows per network call; None: each method's own (all rows at once)
 
     def __post_init__(self) -> None:
-        self._views = lru_cache(maxsize=64)(self.make_batch)
+        self._views = lru_cache(maxsize=None)(self.make_batch)  # a problem lives one batch: each row set built once
 
     def __len__(self) -> int:
         return self.noise.shape[0]
 
     def view(self, rows: Sequence[int] | None = None) -> Batch:
         return self._views(tuple(range(len(self)) if rows is None else rows))
+
+    def parts(self, count: int, default: int | None = None) -> list[slice]:
+        """`count` rows as slices of at most `micro_batch` rows (else `default`, else all): one network call per
+        slice bounds what a call holds (activations, and with a gradient its graph) whatever the particle count;
+        rows keep their own generators, so the split changes results only by the rounding of batched kernels."""
+        size = self.micro_batch or default or count
+        return [slice(lo, min(lo + size, count)) for lo in range(0, count, size)]
 
     def sample_cost(self) -> int:
         """UNet evaluations of one single-chain sample."""
@@ -143,6 +151,38 @@ class MethodResult:
     best_iteration: list[int]
     first_image: Tensor | None = None  # the unguided sample from the item's own noise, when the method made one
     scores: dict[str, list[float]] = field(default_factory=dict)  # per item: method-specific readable scores
+
+
+@torch.no_grad()
+def rows_eps(problem: Problem, rows: Sequence[int], z: Tensor, t: Any, default: int | None = None) -> Tensor:
+    """The network output of every row (an item index per row of z) at timestep t, a `problem.parts` slice per
+    call."""
+    return torch.cat([problem.view(rows[part]).eps(z[part], t) for part in problem.parts(len(rows), default)])
+
+
+@torch.no_grad()
+def rows_score(problem: Problem, rows: Sequence[int], z0: Tensor, default: int | None = None) -> Tensor:
+    """Unaugmented guide loss of every row's decoded clean latents, a `problem.parts` slice per call."""
+    scores = []
+    for part in problem.parts(len(rows), default):
+        batch = problem.view(rows[part])
+        scores.append(batch.score(images01(batch.decode(z0[part]))))
+    return torch.cat(scores)
+
+
+@torch.no_grad()
+def rows_render(problem: Problem, rows: Sequence[int], z0: Tensor, with_prior: bool,
+                default: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Every row's image, unaugmented guide loss and (`with_prior`) diffusion prior, a `problem.parts` slice per
+    call."""
+    images, scores, priors = [], [], []
+    for part in problem.parts(len(rows), default):
+        batch = problem.view(rows[part])
+        images.append(images01(batch.decode(z0[part])))
+        scores.append(batch.score(images[-1]))
+        if with_prior:
+            priors.append(batch.prior_cpu(z0[part]))
+    return torch.cat(images), torch.cat(scores), torch.cat(priors) if with_prior else None
 
 
 def particle_result(image: Tensor, z: Tensor, score: Tensor, best: Tensor, history: list[list[float]]) -> MethodResult:

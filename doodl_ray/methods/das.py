@@ -20,7 +20,8 @@ from torch import Tensor
 
 from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.specs.das import DasConfig, render_steps
-from doodl_ray.methods.base import Batch, MethodResult, Problem, candidate_seed, images01, particle_result, rank_value
+from doodl_ray.methods.base import (Batch, MethodResult, Problem, candidate_seed, images01, particle_result, rank_value,
+                                   rows_render)
 from doodl_ray.methods.resampling import ess, resample, tempering
 from doodl_ray.sampling.chain import chain_step, stochastic_step
 from doodl_ray.sampling.schedule import Schedule
@@ -62,6 +63,24 @@ def twist_reward(batch: Batch, z: Tensor, out: Tensor, k: int, schedule: Schedul
     return -batch.loss(images01(batch.decode(z0)), generators)
 
 
+def twisted_values(problem: Problem, rows: list[int], generators: list[torch.Generator], z: Tensor, k: int,
+                   lookahead: int, with_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Every particle row's network output at step k, its twist reward (`twist_reward`) and, `with_grad`, the
+    reward's gradient in z (zeros without): one forward and backward per `problem.parts` slice, so a step holds
+    one slice's graph, not every particle's."""
+    outs, rewards, grads = [], [], []
+    for part in problem.parts(len(rows)):
+        batch = problem.view(rows[part])
+        with torch.enable_grad():
+            leaf = z[part].detach().requires_grad_(with_grad)
+            out = batch.eps(leaf, problem.schedule.timesteps[k])
+            reward = twist_reward(batch, leaf, out, k, problem.schedule, lookahead, generators[part])
+            grads.append(torch.autograd.grad(reward.sum(), leaf)[0] if with_grad else torch.zeros_like(leaf))
+        outs.append(out.detach())
+        rewards.append(reward.detach())
+    return torch.cat(outs), torch.cat(rewards), torch.cat(grads)
+
+
 def das(problem: Problem, config: MethodConfig) -> MethodResult:
     return twisted_smc(problem, config, config.das)
 
@@ -79,7 +98,7 @@ def twisted_smc(problem: Problem, config: MethodConfig, dc: DasConfig, lookahead
     seeds = [candidate_seed(problem.seeds[i], j) for i in range(n) for j in range(k)]
     step_noise = [torch.Generator().manual_seed(s ^ 0x5DEECE66D) for s in seeds]
     gens = [problem.generators[i] for i in rows]
-    batch, scales = problem.view(rows), noise_scales(schedule, dc.eta)
+    scales = noise_scales(schedule, dc.eta)
     z = problem.draw(seeds)
     log_w = torch.zeros(n, k, dtype=torch.float64)
     twist_prev = torch.zeros(len(rows), dtype=torch.float64)
@@ -87,17 +106,12 @@ def twisted_smc(problem: Problem, config: MethodConfig, dc: DasConfig, lookahead
     history: list[list[float]] = [[] for _ in range(n)]
     for step in range(len(schedule)):
         c = scales[step]
-        with torch.enable_grad():
-            leaf = z.detach().requires_grad_(c > 0)
-            out = batch.eps(leaf, schedule.timesteps[step])
-            ahead = render_steps(step, len(schedule), lookahead, until) if c > 0 else 1
-            reward = twist_reward(batch, leaf, out, step, schedule, ahead, gens)
-            grad = torch.autograd.grad(reward.sum(), leaf)[0] if c > 0 else torch.zeros_like(z)
-        reward = reward.detach().to("cpu", torch.float64)
+        ahead = render_steps(step, len(schedule), lookahead, until) if c > 0 else 1
+        out, reward, grad = twisted_values(problem, rows, gens, z, step, ahead, c > 0)
+        reward = reward.to("cpu", torch.float64)
         twist = tempering(step, gamma) * reward / alpha
         log_w += (log_ratio + twist - twist_prev).view(n, k)
         grad = grad * (tempering(step + 1, gamma) / alpha)
-        out = out.detach()
         x0, eps = schedule.x0(z, out, step), schedule.noise(z, out, step)
         for i in range(n):
             history[i].append(float(-reward[i * k : (i + 1) * k].max()))
@@ -119,13 +133,10 @@ def twisted_smc(problem: Problem, config: MethodConfig, dc: DasConfig, lookahead
         else:
             z, log_ratio = mean, torch.zeros_like(log_ratio)
         twist_prev = twist
-    with torch.no_grad():
-        image = images01(batch.decode(z))
-    score = batch.score(image)
+    image, score, prior = rows_render(problem, rows, z, dc.select == "value" and bool(config.prior.selection))
     log_w += (log_ratio - score / alpha - twist_prev).view(n, k)
     if dc.select == "weight":
         best = log_w.argmax(dim=1)
     else:
-        value = rank_value(score, batch.prior_cpu(z) if config.prior.selection else None, config)
-        best = value.view(n, k).argmin(dim=1)
+        best = rank_value(score, prior, config).view(n, k).argmin(dim=1)
     return particle_result(image, z, score, best, history)

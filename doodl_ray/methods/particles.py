@@ -18,7 +18,8 @@ import math
 import torch
 
 from doodl_ray.methods.registry import MethodConfig
-from doodl_ray.methods.base import MethodResult, Problem, candidate_seed, images01, particle_result, rank_value
+from doodl_ray.methods.base import (MethodResult, Problem, candidate_seed, particle_result, rank_value, rows_eps,
+                                   rows_render, rows_score)
 from doodl_ray.methods.resampling import resample, tempering
 from doodl_ray.sampling.chain import stochastic_step
 
@@ -33,16 +34,15 @@ def particles(problem: Problem, config: MethodConfig) -> MethodResult:
     rows = [i for i in range(n) for _ in range(k)]  # item-major: item i owns slots i*k .. i*k + k - 1
     seeds = [candidate_seed(problem.seeds[i], j) for i in range(n) for j in range(k)]
     step_noise = [torch.Generator().manual_seed(s ^ 0x5DEECE66D) for s in seeds]  # per slot, not the latents' stream
-    batch = problem.view(rows)
     z = problem.draw(seeds)
     tilt_prev = torch.zeros(len(rows), dtype=torch.float64)  # λ_prev r_prev of each particle's lineage
     reward_max = torch.full((len(rows),), -math.inf, dtype=torch.float64)
     history = [[] for _ in range(n)]
     for step in range(len(schedule)):
-        out = batch.eps(z, schedule.timesteps[step])
+        out = rows_eps(problem, rows, z, schedule.timesteps[step])
         x0, eps = schedule.x0(z, out, step), schedule.noise(z, out, step)
         if (step + 1) % pc.interval == 0 and step < len(schedule) - 1:
-            reward = -batch.score(images01(batch.decode(x0)))
+            reward = -rows_score(problem, rows, x0)
             reward_max = torch.maximum(reward_max, reward)
             lam = pc.temperature * tempering(step + 1, pc.tempering)
             tilt = lam * reward
@@ -54,9 +54,8 @@ def particles(problem: Problem, config: MethodConfig) -> MethodResult:
             tilt_prev, reward_max = tilt[pick], reward_max[pick]
         mean, c = stochastic_step(x0, eps, step, schedule, pc.eta)
         z = mean + c * _per_slot_randn(mean, step_noise) if c else mean
-    image = images01(batch.decode(z))
-    score = batch.score(image)
-    value = rank_value(score, batch.prior_cpu(z) if config.prior.selection else None, config)
+    image, score, prior = rows_render(problem, rows, z, bool(config.prior.selection))
+    value = rank_value(score, prior, config)
     return particle_result(image, z, score, value.view(n, k).argmin(dim=1), history)
 
 

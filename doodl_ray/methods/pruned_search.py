@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from doodl_ray.methods.registry import MethodConfig
-from doodl_ray.methods.base import Problem, candidate_seed, images01, rank_value, ranks_by_prior
+from doodl_ray.methods.base import Problem, candidate_seed, rank_value, ranks_by_prior, rows_render, rows_score
 from doodl_ray.methods.best_of_n import Best, empty_best
 
 FRACTIONS = (1 / 6, 1 / 3, 2 / 3)  # where survivors are scored, as fractions of the steps
-CHUNK = 64  # rows per network call
+CHUNK = 64  # rows per network call unless the problem's micro_batch says otherwise
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -67,8 +67,7 @@ def pruned_search(problem: Problem, config: MethodConfig, budget: int | None) ->
     start, marks = 0, checkpoints(len(schedule))
     for mark in marks:
         x0 = torch.empty_like(z)
-        for lo in range(0, len(rows), CHUNK):
-            part = slice(lo, lo + CHUNK)
+        for part in problem.parts(len(rows), CHUNK):
             batch = problem.view([i for i, _ in rows[part]])
             for k in range(start, mark):
                 out = batch.eps(z[part], schedule.timesteps[k])
@@ -78,34 +77,22 @@ def pruned_search(problem: Problem, config: MethodConfig, budget: int | None) ->
         start = mark
         if mark == len(schedule):
             break
-        keep = _better_half(rows, _score(problem, rows, x0))
+        keep = _better_half(rows, rows_score(problem, [i for i, _ in rows], x0, CHUNK))
         rows, z = [rows[r] for r in keep], z[torch.tensor(keep).to(z.device)]
     best: Best | None = None
     met = torch.zeros(n, dtype=torch.bool)
     ranked: list[list[tuple[float, int]]] = [[] for _ in range(n)]
-    for lo in range(0, len(rows), CHUNK):
-        part, items = rows[lo : lo + CHUNK], [i for i, _ in rows[lo : lo + CHUNK]]
-        batch = problem.view(items)
-        image = images01(batch.decode(z[lo : lo + CHUNK]))
-        score = batch.score(image)
-        prior = batch.prior_cpu(z[lo : lo + CHUNK]) if rank_prior else None
+    for part in problem.parts(len(rows), CHUNK):
+        chunk, items = rows[part], [i for i, _ in rows[part]]
+        image, score, prior = rows_render(problem, items, z[part], rank_prior, CHUNK)
         value = rank_value(score, prior, config)
         best = best or empty_best(problem, image)
-        noise = problem.draw([candidate_seed(problem.seeds[i], j) for i, j in part])
-        for r, (i, j) in enumerate(part):  # one row at a time: an item may have several survivors here
+        noise = problem.draw([candidate_seed(problem.seeds[i], j) for i, j in chunk])
+        for r, (i, j) in enumerate(chunk):  # one row at a time: an item may have several survivors here
             best.update([i], j, image[r : r + 1], noise[r : r + 1], value[r : r + 1], score[r : r + 1])
             ranked[i].append((float(value[r]), j))
         met[torch.tensor(items)[problem.stopped(score, prior)]] = True
     return best, met, [sorted(r) for r in ranked]
-
-
-def _score(problem: Problem, rows: list[tuple[int, int]], x0: Tensor) -> Tensor:
-    """Unaugmented guide loss of each row's decoded one-step estimate."""
-    scores = []
-    for lo in range(0, len(rows), CHUNK):
-        batch = problem.view([i for i, _ in rows[lo : lo + CHUNK]])
-        scores.append(batch.score(images01(batch.decode(x0[lo : lo + CHUNK]))))
-    return torch.cat(scores)
 
 
 def _better_half(rows: list[tuple[int, int]], score: Tensor) -> list[int]:
