@@ -66,3 +66,11 @@ def test_edict_strays_from_the_single_chain_at_few_steps():
         assert abs(float(chain_sample(z, problem.schedule, gaussian_eps).mean()) - MU) < 0.01
         error[steps] = abs(float(x.mean()) - MU)
     assert error[6] > 0.3 and error[30] < 0.02
+
+
+def test_medoids_pick_each_items_consensus_not_its_outlier():
+    """Rows item-major, five particles each: the member nearest the others, never the outlier (9, -7)."""
+    from doodl_ray.methods.base import medoids
+
+    values = [9.0, 1.0, 1.2, 0.9, 1.1] + [0.0, 0.5, 0.5, -7.0, 0.3]
+    assert medoids(torch.stack([torch.full((1, 2, 2), v) for v in values]), 2).tolist() == [4, 4]

@@ -209,7 +209,7 @@ def test_das_matches_a_straightforward_implementation(digits):
 
 @pytest.mark.parametrize("method", [
     dict(name="particles", particles=dict(count=5, interval=2, resampling="systematic"), prior=dict(selection=10.0)),
-    dict(name="das", das=dict(count=5, kl=0.5, tempering=0.4)),
+    dict(name="das", das=dict(count=5, kl=0.5, tempering=0.4, select="medoid")),
     dict(name="lookahead", lookahead=dict(count=5, kl=0.5, tempering=0.4, steps=3, until=0.5)),
     dict(name="search-refine", budget=24 * STEPS, search=dict(candidates=7), doodl=dict(iterations=1)),
 ])

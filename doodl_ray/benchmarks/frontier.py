@@ -62,6 +62,7 @@ def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -
     doodl = dict(optimizer="normalized", lr=args.lr)
     chains = dict(chains=args.chains, kl=args.chain_kl, render_steps=min(args.chain_render_steps, args.steps))
     stop = dict(target_probability=args.stop_probability, prior=stop_prior)
+    select = "" if args.das_select == "weight" else f" {args.das_select}"
     out = [
         Variant("none", dict(name="none"), True, 1, 1),
         Variant("best-of-n", dict(name="best-of-n"), True, 1),
@@ -78,10 +79,11 @@ def variants(args: argparse.Namespace, setting: str, stop_prior: float | None) -
                                       search=dict(fraction=args.search_fraction, starts=args.search_starts)), False, 1),
         Variant(f"doodl-chain + prior {args.prior_weight:g}",
                 dict(name="doodl", doodl=doodl | dict(prior_weight=args.prior_weight, sampler="chain")), False, 3),
-        Variant(f"das a={args.das_kl:g}", dict(name="das", das=dict(kl=args.das_kl)), True, 1),
-        Variant(f"lookahead {args.lookahead_steps} until {args.lookahead_until:g} a={args.das_kl:g}",
+        Variant(f"das a={args.das_kl:g}{select}", dict(name="das", das=dict(kl=args.das_kl, select=args.das_select)),
+                True, 1),
+        Variant(f"lookahead {args.lookahead_steps} until {args.lookahead_until:g} a={args.das_kl:g}{select}",
                 dict(name="lookahead", lookahead=dict(kl=args.das_kl, steps=args.lookahead_steps,
-                                                      until=args.lookahead_until)), False, 1),
+                                                      until=args.lookahead_until, select=args.das_select)), False, 1),
         Variant(f"noise-langevin a={args.chain_kl:g} h={args.langevin_step:g}",
                 dict(name="noise-langevin", noise_langevin=chains | dict(step_size=args.langevin_step)), False, 1),
         Variant(f"noise-mcmc a={args.chain_kl:g}", dict(name="noise-mcmc", noise_mcmc=chains), True, 1),
@@ -149,6 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="FK steering lambda")
     parser.add_argument("--particle-interval", type=int, default=ParticleConfig().interval)
     parser.add_argument("--das-kl", type=float, default=0.1, help="DAS's and lookahead's alpha")
+    parser.add_argument("--das-select", choices=["weight", "value", "medoid"], default="weight",
+                        help="which final particle DAS and lookahead return (das.select)")
     parser.add_argument("--lookahead-steps", type=int, default=3, help="levels of lookahead's render")
     parser.add_argument("--lookahead-until", type=float, default=0.3,
                         help="lookahead renders ahead in this first fraction of the steps (0.3: chosen on held-out seeds 50-57 at 1520 evaluations)")

@@ -195,6 +195,14 @@ def particle_result(image: Tensor, z: Tensor, score: Tensor, best: Tensor, histo
     return MethodResult(image[chosen.to(image.device)], z[chosen.to(z.device)], history, best.tolist())
 
 
+def medoids(image: Tensor, n: int) -> Tensor:
+    """Each of n items' particle (rows item-major) with the least summed pixel L2 distance to the item's other
+    particles: a particle filter's population approximates the tilted target, and its medoid is a robust point of
+    it, where the largest weight or best guide loss picks the member that pushed the guide hardest."""
+    flat = image.reshape(n, image.shape[0] // n, -1).to(torch.float64)
+    return torch.cdist(flat, flat).sum(2).argmin(1).cpu()
+
+
 def rendered_again(result: MethodResult, image: Tensor) -> MethodResult:
     """`result` with `image` (its chosen noise rendered at `sampler.steps`) in place of the shorter render the
     method optimized through, whose loss stays as the `short_render/loss` score."""

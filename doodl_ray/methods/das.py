@@ -9,8 +9,9 @@ particles run the stochastic DDIM chain (η), twisted by the tempered one-step r
 and an item's particles are resampled (`resampling`, SSP as the authors) whenever their effective sample size
 falls below `ess_threshold`·K, every per-particle quantity following its ancestor (the textbook algorithm: the
 reference code forgets to re-index the gradient and the previous twist). The last weight uses the final image's
-own reward. The result is the particle with the largest weight (`select: weight`, as the authors) or the best
-ranking value (`select: value`). A step with c = 0 (the last DDIM step) takes no gradient: it would not move."""
+own reward. The result is the particle with the largest weight (`select: weight`, as the authors), the best
+ranking value (`select: value`) or the population's medoid (`select: medoid`). A step with c = 0 (the last DDIM
+step) takes no gradient: it would not move."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from torch import Tensor
 
 from doodl_ray.methods.registry import MethodConfig
 from doodl_ray.methods.specs.das import DasConfig, render_steps
-from doodl_ray.methods.base import (Batch, MethodResult, Problem, candidate_seed, images01, particle_result, rank_value,
-                                   rows_render)
+from doodl_ray.methods.base import (Batch, MethodResult, Problem, candidate_seed, images01, medoids, particle_result,
+                                   rank_value, rows_render)
 from doodl_ray.methods.resampling import ess, resample, tempering
 from doodl_ray.sampling.chain import chain_step, stochastic_step
 from doodl_ray.sampling.schedule import Schedule
@@ -137,6 +138,8 @@ def twisted_smc(problem: Problem, config: MethodConfig, dc: DasConfig, lookahead
     log_w += (log_ratio - score / alpha - twist_prev).view(n, k)
     if dc.select == "weight":
         best = log_w.argmax(dim=1)
+    elif dc.select == "medoid":
+        best = medoids(image, n)
     else:
         best = rank_value(score, prior, config).view(n, k).argmin(dim=1)
     return particle_result(image, z, score, best, history)

@@ -24,9 +24,10 @@ class DasConfig(StrictModel):
     eta: float = Field(1.0, ge=0, le=1, description="DDIM stochasticity of the proposals (the authors: 1).")
     ess_threshold: float = Field(0.5, ge=0, le=1, description="Resample an item when its ESS falls below this * K.")
     resampling: Resampling = Field("ssp", description="The resampling scheme (the authors: ssp).")
-    select: Literal["weight", "value"] = Field(
+    select: Literal["weight", "value", "medoid"] = Field(
         "weight", description="weight: the particle with the largest importance weight (the authors); value: the best "
-        "guide loss + prior.selection * prior.",
+        "guide loss + prior.selection * prior; medoid: the particle nearest the item's others (least summed pixel "
+        "distance), the population's consensus rather than its most tilted member.",
     )
 
 
