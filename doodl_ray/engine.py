@@ -163,8 +163,8 @@ class Engine:
         def draw(candidate_seeds: Sequence[int]) -> Tensor:
             return self._noise([torch.Generator().manual_seed(int(s)) for s in candidate_seeds])
 
-        return Problem(noise, seeds, self.schedule, generators, compute, passes, make_batch,
-                       draw, lambda steps: self.diffusion.schedule(steps, self.latent_shape), self.stop, self.micro_batch)
+        return Problem(noise, seeds, self.schedule, generators, compute, passes, make_batch, draw,
+                       lambda steps: self.diffusion.schedule(steps, self.latent_shape), self.stop, self.micro_batch)
 
     def _condition(self, items: Sequence[Item]):
         prompts = [item.prompt for item in items] if self.diffusion.needs_prompt else None

@@ -130,8 +130,8 @@ class ResourcesConfig(StrictModel):
     micro_batch: Optional[int] = Field(
         None, ge=1, description="Most rows (items x particles or candidates) per network call in the particle and "
         "search methods (particles, das, lookahead, search-refine), a step's gradient taken a slice at a time: what a "
-        "call holds stops growing with the particle count. Results change only by the rounding of batched kernels. None: all "
-        "of a batch's particles at once (search: 64).",
+        "call holds stops growing with the particle count. Results change only by the rounding of batched kernels. "
+        "None: all of a batch's particles at once (search: 64).",
     )
     inflight_per_actor: int = Field(
         2, ge=1, description="Batches queued on each actor at once: 2 hides the dispatch round trip."
