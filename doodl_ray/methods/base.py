@@ -154,20 +154,15 @@ class MethodResult:
 
 
 @torch.no_grad()
-def rows_eps(problem: Problem, rows: Sequence[int], z: Tensor, t: Any, default: int | None = None) -> Tensor:
+def rows_eps(problem: Problem, rows: Sequence[int], z: Tensor, t: Any) -> Tensor:
     """The network output of every row (an item index per row of z) at timestep t, a `problem.parts` slice per
     call."""
-    return torch.cat([problem.view(rows[part]).eps(z[part], t) for part in problem.parts(len(rows), default)])
+    return torch.cat([problem.view(rows[part]).eps(z[part], t) for part in problem.parts(len(rows))])
 
 
-@torch.no_grad()
 def rows_score(problem: Problem, rows: Sequence[int], z0: Tensor, default: int | None = None) -> Tensor:
-    """Unaugmented guide loss of every row's decoded clean latents, a `problem.parts` slice per call."""
-    scores = []
-    for part in problem.parts(len(rows), default):
-        batch = problem.view(rows[part])
-        scores.append(batch.score(images01(batch.decode(z0[part]))))
-    return torch.cat(scores)
+    """Unaugmented guide loss of every row's decoded clean latents (`rows_render`'s score)."""
+    return rows_render(problem, rows, z0, False, default)[1]
 
 
 @torch.no_grad()

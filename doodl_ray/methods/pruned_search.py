@@ -79,19 +79,17 @@ def pruned_search(problem: Problem, config: MethodConfig, budget: int | None) ->
             break
         keep = _better_half(rows, rows_score(problem, [i for i, _ in rows], x0, CHUNK))
         rows, z = [rows[r] for r in keep], z[torch.tensor(keep).to(z.device)]
-    best: Best | None = None
-    met = torch.zeros(n, dtype=torch.bool)
+    items = [i for i, _ in rows]
+    image, score, prior = rows_render(problem, items, z, rank_prior, CHUNK)
+    value = rank_value(score, prior, config)
+    best = empty_best(problem, image)
+    noise = problem.draw([candidate_seed(problem.seeds[i], j) for i, j in rows])
     ranked: list[list[tuple[float, int]]] = [[] for _ in range(n)]
-    for part in problem.parts(len(rows), CHUNK):
-        chunk, items = rows[part], [i for i, _ in rows[part]]
-        image, score, prior = rows_render(problem, items, z[part], rank_prior, CHUNK)
-        value = rank_value(score, prior, config)
-        best = best or empty_best(problem, image)
-        noise = problem.draw([candidate_seed(problem.seeds[i], j) for i, j in chunk])
-        for r, (i, j) in enumerate(chunk):  # one row at a time: an item may have several survivors here
-            best.update([i], j, image[r : r + 1], noise[r : r + 1], value[r : r + 1], score[r : r + 1])
-            ranked[i].append((float(value[r]), j))
-        met[torch.tensor(items)[problem.stopped(score, prior)]] = True
+    for r, (i, j) in enumerate(rows):  # one row at a time: an item may have several survivors
+        best.update([i], j, image[r : r + 1], noise[r : r + 1], value[r : r + 1], score[r : r + 1])
+        ranked[i].append((float(value[r]), j))
+    met = torch.zeros(n, dtype=torch.bool)
+    met[torch.tensor(items)[problem.stopped(score, prior)]] = True
     return best, met, [sorted(r) for r in ranked]
 
 
