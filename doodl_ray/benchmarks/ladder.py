@@ -32,12 +32,12 @@ LADDER_SPEC = Path(__file__).resolve().parents[2] / "jobs" / "digits-ladder.yaml
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     frontier.add_arguments(parser)  # settings, items, steps, crops, the single methods and their budgets, --cache
-    parser.set_defaults(methods=["particles", "one-step", "das"], budgets=[2, 10, 50.67, 152], cap=["one-step=2"], seeds=1,
-                        rare_seeds=3, workers=2, plot=None)
+    parser.set_defaults(methods=["particles", "one-step", "das"], budgets=[2, 10, 50.67, 152], cap=["one-step=2"], workers=2,
+                        plot=None)  # the frontier's items: 50 balanced, 30 rare
     parser.add_argument("--ladder", type=Path, default=LADDER_SPEC,
                         help="a job spec whose `method` block is the ladder (and `budget`, if any); its model, "
                              "guidance and input are the bench's (default: jobs/digits-ladder.yaml)")
-    parser.add_argument("--prior-quantile", type=float, default=0.95,
+    parser.add_argument("--prior-quantile", type=float, default=0.7,
                         help="set the acceptance prior threshold per setting to this quantile of the model's own "
                              "prior on real test digits (0: the spec's threshold)")
     parser.add_argument("--out", type=Path, help="where the ladder jobs write (default: a temporary folder); a rerun "
