@@ -16,6 +16,7 @@ percentile of that distance over real test images. Paired exact McNemar tests us
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -244,21 +245,26 @@ def _task_key(args: argparse.Namespace, setting: str, variant: Variant, budget: 
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-@torch.no_grad()
 def real_prior_quantile(model: Path, quantile: float) -> float | None:
     """A quantile of the model's own diffusion prior over real test digits: how likely a real digit looks to it."""
-    if not quantile:
-        return None
+    return float(torch.quantile(_real_prior(str(Path(model).resolve())), quantile)) if quantile else None
+
+
+@functools.cache
+@torch.no_grad()
+def _real_prior(model: str) -> torch.Tensor:
+    """The model's prior on every real test digit, computed once per model: `bench ladder` asks for two quantiles
+    of it (the frontier's stopping rule and the acceptance rule) and each pass costs about 13 s on a CPU."""
     from doodl_ray.config import PriorConfig
     from doodl_ray.digits.data import to_model_range
     from doodl_ray.methods.prior import DiffusionPrior
     from doodl_ray.models import load_diffusion
 
     _, _, test_x, _ = load_split()
-    diffusion = load_diffusion(str(model))
+    diffusion = load_diffusion(model)
     prior = DiffusionPrior(diffusion.condition(None, None, None), diffusion.training_pair, PriorConfig().levels,
                            diffusion.latent_shape(None, None), torch.device("cpu"), torch.float32)
-    return float(torch.quantile(prior(to_model_range(test_x)), quantile))
+    return prior(to_model_range(test_x))
 
 
 def _targets(args: argparse.Namespace, setting: str) -> list[int]:
