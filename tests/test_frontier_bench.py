@@ -52,3 +52,11 @@ def test_frontier_reports_every_method_at_every_budget(tmp_path):
     assert "1 of 1 results from" in again.stderr
     (point,) = json.loads(again.stdout.strip().splitlines()[-1])["settings"]["rare"]["methods"]["best-of-n"]["points"]
     assert point == methods["best-of-n"]["points"][0]
+
+    # --guide names the guiding classifier: its results are keyed apart, and the assets' own guide named
+    # explicitly reproduces the default run's point
+    named = subprocess.run(toy + ["--methods", "best-of-n", "--cap", "rare:best-of-n=1", "--guide",
+                                  str(assets / "guide.pt")], capture_output=True, text=True, timeout=600, check=True)
+    assert "0 of 1 results from" in named.stderr
+    (same,) = json.loads(named.stdout.strip().splitlines()[-1])["settings"]["rare"]["methods"]["best-of-n"]["points"]
+    assert {k: v for k, v in same.items() if k != "sec_per_image"} == {k: v for k, v in point.items() if k != "sec_per_image"}

@@ -118,6 +118,8 @@ def _cap(text: str) -> tuple[str, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", nargs="+", choices=["balanced", "rare"], default=["balanced", "rare"])
     parser.add_argument("--assets", type=Path, default=ASSETS_DIR, help="folder with balanced/, rare/, guide.pt, judge.pt")
+    parser.add_argument("--guide", type=Path, help="the guide classifier (default: the assets' guide.pt), e.g. "
+                        "doodl_ray/assets/digits/guide-robust.pt; the judge stays the assets' judge.pt")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per target, balanced (10 targets)")
     parser.add_argument("--rare-seeds", type=int, default=10, help="seeds per target, rare (targets 3, 5, 8)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + n - 1")
@@ -240,9 +242,15 @@ def _task_key(args: argparse.Namespace, setting: str, variant: Variant, budget: 
     """What a task's result depends on: its items, method settings, budget and guide."""
     n = len(_seeds(args, setting))
     budget = int(budget) if float(budget).is_integer() else float(budget)  # --budgets 10 and the default 10 agree
+    guide = [str(args.guide.resolve())] if args.guide else []  # keys of runs with the assets' own guide unchanged
     text = json.dumps([str(args.assets.resolve()), setting, variant.config, budget, args.steps, args.crops,
-                       args.first_seed, n], sort_keys=True)
+                       args.first_seed, n, *guide], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def guide_path(args: argparse.Namespace) -> Path:
+    """The classifier that guides (and that acceptance rules read): `--guide`, or the assets' own."""
+    return args.guide or args.assets / "guide.pt"
 
 
 def real_prior_quantile(model: Path, quantile: float) -> float | None:
@@ -307,7 +315,7 @@ def _task(task: tuple) -> dict[str, Any]:
 
     args, setting, variant, budget, realism = task
     targets, seeds, items = _targets(args, setting), _seeds(args, setting), _items(args, setting)
-    guide = load_torchscript_classifier(str(args.assets / "guide.pt"), crops=MultiCrop(args.crops))
+    guide = load_torchscript_classifier(str(guide_path(args)), crops=MultiCrop(args.crops))
     judge = load_torchscript_classifier(str(args.assets / "judge.pt"))
     sampler = {"steps": args.steps} | variant.config.get("sampler", {})  # a method may run at its own steps
     method = MethodConfig.model_validate({**variant.config, "budget": int(budget * args.steps), "sampler": sampler})

@@ -94,7 +94,7 @@ def ladder_spec(args: argparse.Namespace, setting: str, spec: dict[str, Any], ou
         method["acceptance"]["prior"] = frontier.real_prior_quantile(args.assets / setting, args.prior_quantile)
     return {
         "run_id": f"bench-ladder-{setting}", "model": str(args.assets / setting), "method": method,
-        "guidance": {"type": "classifier", "model": str(args.assets / "guide.pt"), "crops": {"count": args.crops}},
+        "guidance": {"type": "classifier", "model": str(frontier.guide_path(args)), "crops": {"count": args.crops}},
         "input": {"uri": str(out / "in.parquet"), "columns": {"id": "id", "target": "target", "seed": "seed"}},
         "output": {"uri": str(out / "run"), "shard_size": 1000},
         "resources": {"actors": args.workers, "gpus_per_actor": 0, "cpus_per_actor": 1, "batch_size": 5,
@@ -126,7 +126,7 @@ def _ladder(args: argparse.Namespace, setting: str, spec: dict[str, Any], out: P
     images = ledger.images([rows[i.id] for i in items])
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(images[rows[i.id]["key"]]["image"]))) for i in items])
     tensor = torch.from_numpy(pixels).float().div(255).reshape(len(items), 1, *pixels.shape[1:3])
-    guide = load_torchscript_classifier(str(args.assets / "guide.pt"))
+    guide = load_torchscript_classifier(str(frontier.guide_path(args)))
     judge = load_torchscript_classifier(str(args.assets / "judge.pt"))
     labels = torch.tensor([i.target for i in items])
     outcome = frontier.metrics(tensor, labels, guide, judge, load_split()[0], realism["tau"])

@@ -57,8 +57,10 @@ TOY = Settings(unet_steps=4, unet_batch=8, guide_epochs=1, judge_epochs=1, check
 def train_classifier(
     model: nn.Module, images01: Tensor, labels: Tensor, epochs: int, batch: int, lr: float, seed: int,
     augment: Callable[[Tensor, torch.Generator], Tensor],
+    adversary: Callable[[Tensor, Tensor, torch.Generator], Tensor] | None = None,
 ) -> nn.Module:  # fmt: skip
-    """Cross-entropy with AdamW and a cosine learning rate, on augmented, normalized images."""
+    """Cross-entropy with AdamW and a cosine learning rate, on augmented, normalized images; with an adversary
+    (digits.robust), on its perturbation of each augmented batch."""
     gen = torch.Generator().manual_seed(seed)
     steps = epochs * -(-len(images01) // batch)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -67,6 +69,8 @@ def train_classifier(
     for _ in range(epochs):
         for idx in torch.randperm(len(images01), generator=gen).split(batch):
             x = augment(images01[idx], gen)
+            if adversary is not None:
+                x = adversary(x, labels[idx], gen)
             loss = F.cross_entropy(model(normalize(x)), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -81,7 +85,7 @@ def predict(model: nn.Module, images01: Tensor) -> Tensor:
     return model(normalize(images01)).softmax(dim=-1)
 
 
-def _guide_augment(x: Tensor, gen: torch.Generator) -> Tensor:
+def guide_augment(x: Tensor, gen: torch.Generator) -> Tensor:
     return random_affine(x, gen, translate=0.1, zoom=0.5)  # covers DOODL's multi-crop views
 
 
@@ -120,7 +124,7 @@ def run(out: Path, seed: int, settings: Settings, rare_classes: tuple[int, ...] 
         },
     }
 
-    specs = {"guide": (GuideCNN, seed, settings.guide_epochs, _guide_augment),
+    specs = {"guide": (GuideCNN, seed, settings.guide_epochs, guide_augment),
              "judge": (JudgeMixer, seed + 1, settings.judge_epochs, _judge_augment)}  # fmt: skip
     trained: dict[str, nn.Module] = {}
     for name, (architecture, model_seed, epochs, augment) in specs.items():
