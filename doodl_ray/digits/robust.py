@@ -2,8 +2,9 @@
 
 Why: a standard classifier's input gradient is mostly pixel patterns it alone likes, so guidance that follows it far
 leaves the data; an adversarially trained one has gradients that change the digit itself (Santurkar et al. 2019,
-Kawar et al. 2022 for diffusion guidance). Measured in BENCHMARKS.md (issue 18): with this guide, DAS on the rare
-model's classes is realistic-and-correct far more often at the same UNet evaluations. Usage:
+Kawar et al. 2022 for diffusion guidance). Measured in BENCHMARKS.md (issue 18): on the rare model's classes, with
+this guide particle steering is realistic-and-correct on 0.90 / 1.00 of the items at 1520 / 4560 UNet evaluations
+(0.70 / 0.87 with the standard guide). Usage:
     python -m doodl_ray.digits.robust --out doodl_ray/assets/digits/guide-robust.pt --eps 0.5 --seed 0
 """
 
