@@ -60,6 +60,12 @@ def pgd_adversary(model: nn.Module, eps: float, steps: int) -> Callable[[Tensor,
     return adversary
 
 
+def attacked_accuracy(model: nn.Module, images01: Tensor, labels: Tensor, eps: float, seed: int = 0) -> float:
+    """Accuracy on a 10-step PGD attack at `eps` from a seeded start: the robustness figure metrics.json records."""
+    attacked = l2_pgd(model, images01, labels, eps, 10, torch.Generator().manual_seed(seed))
+    return (predict(model, attacked).argmax(1) == labels).float().mean().item()
+
+
 def train_robust_guide(eps: float, seed: int, epochs: int = GUIDE.guide_epochs, steps: int = 5) -> tuple[nn.Module, dict]:
     """The guide's recipe (GuideCNN, AdamW 2e-3 cosine, batch 64, its augmentation) on adversarial examples; returns
     the model and its test accuracy clean and under a 10-step PGD at the same eps."""
@@ -69,10 +75,10 @@ def train_robust_guide(eps: float, seed: int, epochs: int = GUIDE.guide_epochs, 
     model = GuideCNN()
     train_classifier(model, train_x, train_y, epochs, GUIDE.classifier_batch, GUIDE.classifier_lr, seed, guide_augment,
                      pgd_adversary(model, eps, steps))
-    attacked = l2_pgd(model, test_x, test_y, eps, 10, torch.Generator().manual_seed(seed))
-    metrics = {"architecture": "GuideCNN", "seed": seed, "epochs": epochs, "pgd": {"norm": "l2", "eps": eps, "steps": steps},
+    metrics = {"architecture": "GuideCNN", "params": sum(p.numel() for p in model.parameters()), "seed": seed,
+               "epochs": epochs, "pgd": {"norm": "l2", "eps": eps, "steps": steps},
                "test_accuracy": round((predict(model, test_x).argmax(1) == test_y).float().mean().item(), 4),
-               "test_accuracy_pgd10": round((predict(model, attacked).argmax(1) == test_y).float().mean().item(), 4),
+               "test_accuracy_pgd10": round(attacked_accuracy(model, test_x, test_y, eps, seed), 4),
                "seconds": round(time.perf_counter() - start, 1)}
     return model, metrics
 
@@ -86,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model, metrics = train_robust_guide(args.eps, args.seed, args.epochs)
     save_torchscript(model, args.out)
+    record = args.out.parent / "metrics.json"  # beside the model set's own metrics, as `guide_robust`
+    recorded = json.loads(record.read_text()) if record.exists() else {}
+    record.write_text(json.dumps({**recorded, "guide_robust": {"file": args.out.name, **metrics}}, indent=2) + "\n")
     print(json.dumps(metrics))
 
 
